@@ -1,0 +1,96 @@
+"""Choice: (Config, HostFacts, eBPF checks) -> which engine and backend, and why. Pure."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from engine.config import Config
+from engine.errors import UnsupportedHost
+from engine.probe import HostFacts, kernel_version
+
+MIN_EBPF_KERNEL = (5, 7)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        return f"[{mark}] {self.name}: {self.detail}" + ("" if self.ok or not self.fix else f" (fix: {self.fix})")
+
+
+@dataclass(frozen=True)
+class Choice:
+    engine: str  # "iptables" | "ebpf"
+    backend: str | None  # iptables backend: "legacy" | "nft"; None for eBPF
+    families: tuple[int, ...]  # 4 and/or 6
+    reasons: tuple[str, ...]
+    checks: tuple[Check, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def base_ebpf_checks(config: Config, facts: HostFacts) -> list[Check]:
+    """The checks that need only HostFacts; program-load probes come from the ebpf package."""
+    release = facts.kernel_release
+    checks = [Check("kernel", kernel_version(release) >= MIN_EBPF_KERNEL,
+                    f"release {release}, eBPF engine needs >= {MIN_EBPF_KERNEL[0]}.{MIN_EBPF_KERNEL[1]}",
+                    "upgrade the kernel, or use the iptables engine")]
+    checks.append(Check("cgroup2", facts.cgroup2_mount is not None,
+                        f"mounted at {facts.cgroup2_mount}" if facts.cgroup2_mount else "no cgroup2 mount found",
+                        "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup/unified)"))
+    return checks
+
+
+def choose_backend(config: Config, facts: HostFacts) -> tuple[str, str]:
+    """The iptables backend, as kumactl picks it: the one that already holds rules, else the
+    one the host's plain `iptables` uses. --iptables-backend overrides."""
+    available = {b.name: b for b in facts.backends if b.available}
+    if config.iptables_backend != "auto":
+        if config.iptables_backend not in available:
+            raise UnsupportedHost(f"--iptables-backend {config.iptables_backend}: iptables-{config.iptables_backend}"
+                                  "-save was not found (fix: apt-get install iptables)")
+        return config.iptables_backend, f"--iptables-backend {config.iptables_backend}"
+    if not available:
+        raise UnsupportedHost("no iptables found (neither iptables-legacy nor iptables-nft): "
+                              "fix: apt-get install iptables")
+    holding = [b.name for b in available.values() if b.rule_lines > 0]
+    if len(holding) == 1:
+        return holding[0], f"{holding[0]} already holds rules"
+    default = "nft" if facts.iptables_default == "nf_tables" else "legacy"
+    if default not in available:
+        default = next(iter(available))
+    why = "both backends hold rules" if holding else "no backend holds rules yet"
+    return default, f"{why}; `iptables` on this host uses {default}"
+
+
+def families(config: Config, facts: HostFacts) -> tuple[tuple[int, ...], str]:
+    if config.ip_family_mode == "ipv4":
+        return (4,), "--ip-family-mode ipv4"
+    if facts.has_ipv6:
+        return (4, 6), "dualstack: the host has IPv6 addresses"
+    return (4,), "dualstack, but the host has no non-loopback IPv6 address: IPv6 skipped"
+
+
+def choose(config: Config, facts: HostFacts, ebpf_checks: list[Check] | None = None) -> Choice:
+    fams, fam_reason = families(config, facts)
+    reasons = [fam_reason]
+    checks: tuple[Check, ...] = ()
+    if config.ebpf_enabled:
+        checks = tuple(ebpf_checks if ebpf_checks is not None else base_ebpf_checks(config, facts))
+        failed = [c for c in checks if not c.ok]
+        if not failed:
+            return Choice("ebpf", None, fams, ("--ebpf-enabled and every eBPF check passed", *reasons), checks)
+        if config.no_fallback:
+            raise UnsupportedHost("eBPF engine cannot run here and --no-fallback is set:\n" +
+                                  "\n".join(c.line() for c in failed))
+        reasons.insert(0, "--ebpf-enabled, but eBPF checks failed; falling back to iptables: " +
+                       "; ".join(c.line() for c in failed))
+    else:
+        reasons.insert(0, "iptables engine (the default; --ebpf-enabled selects eBPF)")
+    backend, why = choose_backend(config, facts)
+    return Choice("iptables", backend, fams, (*reasons, f"backend {backend}: {why}"), checks)

@@ -1,0 +1,157 @@
+"""tpctl command line: install, uninstall, status, demo. Commands stay thin: they parse and call."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from click.core import ParameterSource
+
+from engine import config as config_module
+from engine import state
+from engine.errors import ConfigError, DriftFound
+from engine.options import INSTALL_OPTIONS, OptionSpec
+
+
+class Parsed(click.ParamType):
+    """A click type around one of engine.values' parsers: bad input exits 2 naming the flag."""
+
+    def __init__(self, spec: OptionSpec):
+        self.spec = spec
+        self.name = spec.flag
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.spec.parse(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _show(message: str) -> None:
+    click.echo(message)
+
+
+def install_options(func):
+    for spec in reversed(INSTALL_OPTIONS):
+        shown_default = not (spec.switch or spec.multiple or spec.default is None)
+        kwargs = dict(type=Parsed(spec), default=None, envvar=spec.envvar, hidden=spec.hidden,
+                      metavar="[true|false]" if spec.switch else "VALUE",
+                      help=spec.help + (f" [default: {spec.default}]" if shown_default else ""))
+        if spec.switch:
+            kwargs.update(is_flag=False, flag_value="true")
+        if spec.multiple:
+            kwargs.update(multiple=True, default=())
+        func = click.option(f"--{spec.flag}", spec.field, **kwargs)(func)
+    return func
+
+
+state_dir_option = click.option(
+    "--state-dir", default=None, envvar=state.STATE_ENV,
+    help=f"where the state file lives [default: {state.DEFAULT_DIR}]")
+
+
+def explicit_values(ctx: click.Context, params: dict) -> dict:
+    """The values that came from flags or TPCTL_* variables (they beat config files)."""
+    explicit = {}
+    for spec in INSTALL_OPTIONS:
+        if ctx.get_parameter_source(spec.field) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        value = params[spec.field]
+        if spec.multiple:
+            value = tuple(dict.fromkeys(item for part in value for item in part))
+        explicit[spec.field] = value
+    return explicit
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def main():
+    """tpctl: make an application's traffic pass through its sidecar proxy, with eBPF or iptables."""
+
+
+@main.command()
+@install_options
+@click.option("--config", "config_files", multiple=True, envvar="TPCTL_CONFIG",
+              help="YAML config file in kumactl's schema (repeatable, comma list allowed, '-' for stdin)")
+@state_dir_option
+@click.pass_context
+def install(ctx, config_files, state_dir, **params):
+    """Redirect traffic through the sidecar (mirrors `kumactl install transparent-proxy`)."""
+    from engine import apply
+
+    files = [p.strip() for item in config_files for p in item.split(",") if p.strip()]
+    config = config_module.build(explicit_values(ctx, params), files)
+    apply.install(config, state.state_dir(state_dir), _say, _show)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="print what would be removed and change nothing")
+@click.option("--verbose", is_flag=True, help="print every object removed")
+@click.option("--ebpf-bpffs-path", default=None, help="bpffs mount that holds <path>/tpctl pins "
+              "[default: the one recorded at install]")
+@state_dir_option
+def uninstall(dry_run, verbose, ebpf_bpffs_path, state_dir):
+    """Remove exactly what install made, and nothing else."""
+    from engine import lifecycle
+
+    removed = lifecycle.uninstall(state.state_dir(state_dir), ebpf_bpffs_path, dry_run, _say)
+    if dry_run or verbose:
+        for line in removed:
+            _show(("would remove: " if dry_run else "removed: ") + line)
+    _say(f"tpctl: {'would remove' if dry_run else 'removed'} {len(removed)} objects" if removed
+         else "tpctl: nothing of tpctl is installed")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the full record as JSON")
+@click.option("--ebpf-bpffs-path", default=None, hidden=True)
+@state_dir_option
+def status(as_json, ebpf_bpffs_path, state_dir):
+    """Say what is installed and whether it drifted (exit code 5 when it did)."""
+    from engine import lifecycle
+    from engine.probe import probe
+
+    report = lifecycle.status(state.state_dir(state_dir), ebpf_bpffs_path)
+    if as_json:
+        report["host"] = probe().to_json()
+        _show(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        _show(_status_text(report))
+    if report["drift"]:
+        raise DriftFound("drift found:\n  " + "\n  ".join(report["drift"]))
+
+
+def _status_text(report: dict) -> str:
+    if not report["installed"]:
+        return "tpctl: not installed"
+    lines = [f"tpctl: installed, engine {report['engine']} (since {report['installed_at']})"]
+    for reason in (report.get("choice") or {}).get("reasons", []):
+        lines.append(f"  why: {reason}")
+    if "iptables" in report:
+        ipt = report["iptables"]
+        lines.append(f"  backend: {ipt['backend']}; families: " + ", ".join(f"IPv{f}" for f in ipt["families"]))
+        lines.append("  rules: " + ", ".join(f"IPv{f}: {n}" for f, n in sorted(ipt["rules"].items())))
+    if "ebpf" in report:
+        for key, value in report["ebpf"].items():
+            lines.append(f"  {key}: {value}")
+    lines.append("  drift: " + ("none" if not report["drift"] else f"{len(report['drift'])} differences"))
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--engine", type=click.Choice(["auto", "iptables", "ebpf"]), default="auto",
+              help="auto: eBPF where every check passes, else iptables")
+def demo(engine):
+    """Run the redirect end to end in a throwaway sandbox and clean up after."""
+    from engine.sandbox import demo as demo_module
+
+    sys.exit(demo_module.run(engine, _show))
+
+
+if __name__ == "__main__":
+    main()

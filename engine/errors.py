@@ -1,0 +1,36 @@
+"""Typed errors, one exit code each (architecture.md section 7).
+
+They subclass click's ClickException so the CLI prints `Error: <message>` and exits with the
+code below; library callers catch them by type.
+"""
+from __future__ import annotations
+
+import click
+
+
+class TpctlError(click.ClickException):
+    exit_code = 1
+
+
+class ConfigError(TpctlError):
+    """Bad input: a flag, an environment variable or a config file. Nothing was changed."""
+
+    exit_code = 2
+
+
+class UnsupportedHost(TpctlError):
+    """The host cannot run what was asked (e.g. eBPF with --no-fallback on an old kernel)."""
+
+    exit_code = 3
+
+
+class ApplyFailed(TpctlError):
+    """A step of install failed; the steps already done were undone."""
+
+    exit_code = 4
+
+
+class DriftFound(TpctlError):
+    """status found the installed objects differ from what was recorded."""
+
+    exit_code = 5

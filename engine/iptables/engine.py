@@ -1,0 +1,236 @@
+"""The iptables engine: plan, install steps, uninstall and drift, over either backend."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from engine.choice import Choice
+from engine.config import Config
+from engine.iptables import live
+from engine.iptables.backends import Backend, BackendError, make_backend
+from engine.iptables.builder import FamilyInputs, build_family
+from engine.iptables.rules import FamilyPlan
+from engine.probe import HostFacts
+from engine.transaction import Step
+
+IPV6_PASSTHROUGH = "::6"
+
+
+@dataclass(frozen=True)
+class IptablesPlan:
+    backend: str
+    families: tuple[FamilyPlan, ...]
+    ipv6_passthrough: bool  # ::6/128 must be on lo (the proxy's IPv6 inbound passthrough source)
+    warnings: tuple[str, ...] = ()
+
+    def render(self) -> str:
+        """The dry-run text: iptables-restore input per family, as kumactl prints it."""
+        return "\n".join(f"### {f.label} ###\n\n{f.restore_text()}" for f in self.families)
+
+
+def family_inputs(config: Config, facts: HostFacts, family: int) -> tuple[FamilyInputs, list[str]]:
+    warnings = []
+    servers = tuple(s for s in facts.dns_servers if (":" in s) == (family == 6))
+    if config.redirect_dns and not config.capture_all_dns:
+        if facts.dns_servers_error:
+            warnings.append(f"--redirect-dns: {facts.dns_servers_error}; IPv{family} DNS is not redirected")
+        elif not servers:
+            warnings.append(f"--redirect-dns: no IPv{family} name server in {config.resolv_conf}; "
+                            f"IPv{family} DNS is not redirected")
+    conntrack = facts.extensions.get("CT", True)
+    if config.dns_enabled and not conntrack and not config.skip_dns_conntrack_zone_split:
+        warnings.append("the CT target is missing: DNS conntrack zone split is off")
+    return FamilyInputs(family, servers, comments=facts.extensions.get("comment", True),
+                        conntrack_zones=conntrack), warnings
+
+
+def plan(config: Config, facts: HostFacts, choice: Choice) -> IptablesPlan:
+    families, warnings = [], []
+    for family in choice.families:
+        inputs, notes = family_inputs(config, facts, family)
+        families.append(build_family(config, inputs))
+        warnings += notes
+    return IptablesPlan(choice.backend, tuple(families), 6 in choice.families, tuple(warnings))
+
+
+def parse_executables(text: str) -> dict[str, str]:
+    result = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, path = item.partition(":")
+        result[name] = path
+    return result
+
+
+@dataclass
+class InstallRecord:
+    """Filled in while the steps run; becomes the engine part of State."""
+
+    backend: str
+    rules: dict[str, list[list[str]]] = field(default_factory=dict)  # family -> [table, chain, spec]
+    chains: dict[str, list[list[str]]] = field(default_factory=dict)  # family -> [table, chain]
+    ipv6_passthrough_added: bool = False
+
+
+def _retrying(action, retries: int, pause: float):
+    for attempt in range(retries + 1):
+        try:
+            return action()
+        except BackendError:
+            if attempt == retries:
+                raise
+            time.sleep(pause)
+
+
+def install_steps(config: Config, the_plan: IptablesPlan, recorded: set, record: InstallRecord,
+                  log=print) -> list[Step]:
+    """Steps that replace any earlier tpctl rules (in either backend) with the plan's."""
+    backend = make_backend(the_plan.backend, config.wait, parse_executables(config.iptables_executables))
+    steps: list[Step] = []
+    for other in available_backends(config.wait):
+        for family in (4, 6):
+            try:
+                owned = live.find_owned(live.parse_save(other.save(family)), recorded)
+            except BackendError:
+                continue
+            if owned:
+                steps.append(_replace_previous(other, family, owned))
+    if the_plan.ipv6_passthrough:
+        steps.append(_passthrough_step(record))
+    for fam_plan in the_plan.families:
+        for label, tables in backend.apply_units(fam_plan):
+            steps.append(_apply_step(config, backend, fam_plan.family, label, tables, record))
+    return steps
+
+
+def available_backends(wait: int) -> list[Backend]:
+    found = []
+    for name in ("legacy", "nft"):
+        backend = make_backend(name, wait)
+        try:
+            backend.tool(4, "save")
+        except BackendError:
+            continue
+        found.append(backend)
+    return found
+
+
+def _replace_previous(backend: Backend, family: int, owned: live.Owned) -> Step:
+    return Step(f"remove previous tpctl rules ({backend.name} IPv{family})",
+                lambda: backend.restore(family, live.removal_script(owned)),
+                lambda: backend.restore(family, live.restore_script(owned)))
+
+
+def _apply_step(config: Config, backend: Backend, family: int, label: str, tables, record: InstallRecord) -> Step:
+    names = {t.name for t in tables}
+    before: dict = {}
+
+    def do():
+        before["lines"] = _lines(backend, family, names)
+        _retrying(lambda: backend.apply_tables(family, tables), config.max_retries, config.sleep_between_retries)
+        # Record what the kernel now reports, not what we rendered: status compares like with like.
+        after = live.parse_save(backend.save(family))
+        added = _all_lines(after, names) - before["lines"]
+        ours = {(t.name, c) for t in tables for c in t.chains}
+        record.rules.setdefault(str(family), []).extend([t, c, s] for t, c, s in sorted(added))
+        record.chains.setdefault(str(family), []).extend([t, c] for t, c in sorted(ours))
+
+    def undo():
+        planned = {(t.name, r.chain, r.spec()) for t in tables for r in t.rules}
+        recorded = {tuple(x) for x in record.rules.get(str(family), [])} | planned
+        owned = live.find_owned(live.parse_save(backend.save(family)), recorded, only_tables=names)
+        backend.restore(family, live.removal_script(owned))
+
+    return Step(label, do, undo)
+
+
+def _lines(backend: Backend, family: int, names: set[str]) -> set:
+    return _all_lines(live.parse_save(backend.save(family)), names)
+
+
+def _all_lines(tables: dict, names: set[str]) -> set:
+    return {(t.name, c, s) for t in tables.values() if t.name in names for c, s in t.rules}
+
+
+def _passthrough_step(record: InstallRecord) -> Step:
+    from pyroute2 import IPRoute
+
+    def do():
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname="lo")[0]
+            present = any(a.get_attr("IFA_ADDRESS") == IPV6_PASSTHROUGH for a in ipr.get_addr(index=index, family=10))
+            if not present:
+                ipr.addr("add", index=index, address=IPV6_PASSTHROUGH, prefixlen=128)
+                record.ipv6_passthrough_added = True
+
+    def undo():
+        if record.ipv6_passthrough_added:
+            remove_passthrough()
+            record.ipv6_passthrough_added = False
+
+    return Step("add ::6/128 to lo (IPv6 inbound passthrough source)", do, undo)
+
+
+def remove_passthrough() -> None:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname="lo")[0]
+        try:
+            ipr.addr("del", index=index, address=IPV6_PASSTHROUGH, prefixlen=128)
+        except NetlinkError as err:
+            if err.code != 99:  # EADDRNOTAVAIL: already gone
+                raise
+
+
+def recorded_lines(state: dict | None) -> dict[int, set]:
+    out: dict[int, set] = {4: set(), 6: set()}
+    for family, lines in ((state or {}).get("iptables", {}).get("rules", {}) or {}).items():
+        out[int(family)] = {tuple(x) for x in lines}
+    return out
+
+
+def uninstall(state: dict | None, wait: int = 5, dry_run: bool = False) -> list[str]:
+    """Remove our rules and chains from every backend and family; return what was removed."""
+    recorded = recorded_lines(state)
+    report = []
+    for backend in available_backends(wait):
+        for family in (4, 6):
+            try:
+                owned = live.find_owned(live.parse_save(backend.save(family)), recorded[family])
+            except BackendError:
+                continue
+            if not owned:
+                continue
+            report += [f"{backend.name} IPv{family} {t}: -D {c} {s}" for t, c, _i, s in owned.rules]
+            report += [f"{backend.name} IPv{family} {t}: -X {c}" for t, c, _r in owned.chains]
+            if not dry_run:
+                backend.restore(family, live.removal_script(owned))
+    engine_state = (state or {}).get("iptables", {})
+    if engine_state.get("ipv6_passthrough_added"):
+        report.append("lo: remove ::6/128")
+        if not dry_run:
+            remove_passthrough()
+    return report
+
+
+def drift(state: dict) -> list[str]:
+    """Differences between what install recorded and what the kernel has now."""
+    engine_state = state.get("iptables", {})
+    backend = make_backend(engine_state.get("backend", "nft"), 5)
+    problems = []
+    recorded = recorded_lines(state)
+    for family_text, chains in engine_state.get("chains", {}).items():
+        family = int(family_text)
+        tables = live.parse_save(backend.save(family))
+        owned = live.find_owned(tables, recorded[family])
+        present = owned.lines()
+        for line in sorted(recorded[family] - present):
+            problems.append(f"IPv{family} {line[0]}: missing rule -A {line[1]} {line[2]}")
+        for line in sorted(present - recorded[family]):
+            problems.append(f"IPv{family} {line[0]}: unexpected tpctl rule -A {line[1]} {line[2]}")
+        live_chains = {(t, c) for t, c, _r in owned.chains}
+        for table, chain in chains:
+            if (table, chain) not in live_chains:
+                problems.append(f"IPv{family} {table}: missing chain {chain}")
+    return problems

@@ -1,0 +1,115 @@
+"""The rules as the kernel has them (iptables-save text), and which of them are ours.
+
+Ours means: a chain named TPCTL_*, a rule tagged with a "tpctl/" comment or jumping to a
+TPCTL_ chain, or a rule whose exact text install recorded in State (the only way to find our
+rules when --disable-comments was used). Nothing else is ever touched.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from engine.iptables.rules import CHAIN_PREFIX, COMMENT_PREFIX
+
+_COUNTERS = re.compile(r"^(:\S+ \S+) \[\d+:\d+\]$")
+
+
+@dataclass
+class LiveTable:
+    name: str
+    chains: dict[str, str] = field(default_factory=dict)  # chain -> policy ("-" for user chains)
+    rules: list[tuple[str, str]] = field(default_factory=list)  # (chain, spec) in save order
+
+    def chain_rules(self, chain: str) -> list[str]:
+        return [spec for c, spec in self.rules if c == chain]
+
+
+def parse_save(text: str) -> dict[str, LiveTable]:
+    tables: dict[str, LiveTable] = {}
+    current: LiveTable | None = None
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:].strip(), LiveTable(line[1:].strip()))
+        elif line == "COMMIT":
+            current = None
+        elif current is not None and line.startswith(":"):
+            name, policy = line[1:].split()[:2]
+            current.chains[name] = policy
+        elif current is not None and line.startswith("-A "):
+            _, chain, spec = line.split(" ", 2)
+            current.rules.append((chain, spec))
+    return tables
+
+
+def normalize_save(text: str) -> str:
+    """iptables-save text without the volatile parts (header comments, counters)."""
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        lines.append(_COUNTERS.sub(r"\1", line))
+    return "\n".join(lines) + "\n"
+
+
+def is_tagged(chain: str, spec: str) -> bool:
+    return (chain.startswith(CHAIN_PREFIX) or f'--comment "{COMMENT_PREFIX}' in spec
+            or re.search(rf"-j {CHAIN_PREFIX}\w+", spec) is not None)
+
+
+@dataclass(frozen=True)
+class Owned:
+    """Our objects in one family: rules in other chains (with their 1-based index) and our chains."""
+
+    rules: tuple[tuple[str, str, int, str], ...]  # (table, chain, index, spec)
+    chains: tuple[tuple[str, str, tuple[str, ...]], ...]  # (table, chain, its rules)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules or self.chains)
+
+    def lines(self) -> set[tuple[str, str, str]]:
+        out = {(t, c, s) for t, c, _, s in self.rules}
+        out |= {(t, c, s) for t, c, specs in self.chains for s in specs}
+        return out
+
+
+def find_owned(tables: dict[str, LiveTable], recorded: set[tuple[str, str, str]] = frozenset(),
+               only_tables: set[str] | None = None) -> Owned:
+    rules, chains = [], []
+    for table in tables.values():
+        if only_tables is not None and table.name not in only_tables:
+            continue
+        for chain in table.chains:
+            if chain.startswith(CHAIN_PREFIX):
+                chains.append((table.name, chain, tuple(table.chain_rules(chain))))
+                continue
+            for index, spec in enumerate(table.chain_rules(chain), start=1):
+                if is_tagged(chain, spec) or (table.name, chain, spec) in recorded:
+                    rules.append((table.name, chain, index, spec))
+    return Owned(tuple(rules), tuple(chains))
+
+
+def removal_script(owned: Owned) -> str:
+    """iptables-restore --noflush input that deletes exactly our objects."""
+    by_table: dict[str, list[str]] = {}
+    for table, chain, _index, spec in owned.rules:
+        by_table.setdefault(table, []).append(f"-D {chain} {spec}")
+    for table, chain, _specs in owned.chains:  # flush all first: our chains jump to each other
+        by_table.setdefault(table, []).append(f"-F {chain}")
+    for table, chain, _specs in owned.chains:
+        by_table.setdefault(table, []).append(f"-X {chain}")
+    return "".join(f"*{t}\n" + "\n".join(lines) + "\nCOMMIT\n" for t, lines in by_table.items())
+
+
+def restore_script(owned: Owned) -> str:
+    """The inverse of removal_script: puts the removed objects back where they were."""
+    by_table: dict[str, list[str]] = {}
+    for table, chain, _specs in owned.chains:
+        by_table.setdefault(table, []).append(f"-N {chain}")
+    for table, chain, specs in owned.chains:
+        by_table.setdefault(table, []).extend(f"-A {chain} {s}" for s in specs)
+    for table, chain, index, spec in sorted(owned.rules, key=lambda r: (r[0], r[1], r[2])):
+        by_table.setdefault(table, []).append(f"-I {chain} {index} {spec}")
+    return "".join(f"*{t}\n" + "\n".join(lines) + "\nCOMMIT\n" for t, lines in by_table.items())
+
