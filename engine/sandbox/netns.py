@@ -1,0 +1,177 @@
+"""A throwaway sandbox: two network namespaces joined by a veth, a child cgroup, a temp dir.
+
+The demo, the netns tests and the benchmarks all build their hosts with this, so the rule
+"never touch the host's own namespace, root cgroup or /sys/fs/bpf" lives in one place:
+- hosts get addresses from 198.18.0.0/15 and 2001:2::/48 (the benchmarking ranges, RFC 2544
+  and RFC 5180), so no packet can be meant for a real network;
+- every process is started by pid, in its own session, and killed by that pid on close();
+- close() runs even on failure or Ctrl-C (use the sandbox as a context manager).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from engine.probe import mounts_of_type
+
+APP_V4, SRV_V4 = "198.18.0.1", "198.18.0.2"
+APP_V6, SRV_V6 = "2001:2::1", "2001:2::2"
+PROXY_UID = 5678
+
+
+class SandboxError(RuntimeError):
+    pass
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise SandboxError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+
+class Sandbox:
+    def __init__(self, prefix: str = "tpctl", ipv6: bool = True):
+        self.id = secrets.token_hex(3)
+        self.app = f"{prefix}-{self.id}-app"
+        self.srv = f"{prefix}-{self.id}-srv"
+        self.app_if, self.srv_if = f"tp{self.id}a", f"tp{self.id}s"
+        self.ipv6 = ipv6
+        self.tmp = tempfile.mkdtemp(prefix=f"{prefix}-sandbox-")
+        self.state_dir = os.path.join(self.tmp, "state")
+        self.resolv_conf = os.path.join(self.tmp, "resolv.conf")
+        self.cgroup: str | None = None
+        self.bpffs: str | None = None
+        self._procs: list[subprocess.Popen] = []
+        self._namespaces: list[str] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "Sandbox":
+        try:
+            self.create()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def create(self) -> None:
+        for ns in (self.app, self.srv):
+            _ip("netns", "add", ns)
+            self._namespaces.append(ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("link", "add", self.app_if, "netns", self.app, "type", "veth", "peer", "name", self.srv_if,
+            "netns", self.srv)
+        for ns, iface, v4, v6 in ((self.app, self.app_if, APP_V4, APP_V6), (self.srv, self.srv_if, SRV_V4, SRV_V6)):
+            _ip("-n", ns, "addr", "add", f"{v4}/24", "dev", iface)
+            if self.ipv6:
+                _ip("-n", ns, "-6", "addr", "add", f"{v6}/64", "dev", iface, "nodad")
+            _ip("-n", ns, "link", "set", iface, "up")
+        with open(self.resolv_conf, "w", encoding="utf-8") as handle:
+            handle.write(f"nameserver {SRV_V4}\n")
+        cgroup2 = next(iter(mounts_of_type("cgroup2")), None)
+        if cgroup2:
+            self.cgroup = os.path.join(cgroup2, f"tpctl-sandbox-{self.id}")
+            os.mkdir(self.cgroup)
+
+    def mount_bpffs(self) -> str:
+        """A private bpffs for this sandbox (never /sys/fs/bpf)."""
+        if self.bpffs is None:
+            path = os.path.join(self.tmp, "bpffs")
+            os.mkdir(path)
+            subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, timeout=30)
+            self.bpffs = path
+        return self.bpffs
+
+    def close(self) -> None:
+        for proc in reversed(self._procs):
+            self.stop(proc)
+        for ns in self._namespaces:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        self._namespaces.clear()
+        if self.bpffs:
+            subprocess.run(["umount", self.bpffs], capture_output=True, timeout=30)
+            self.bpffs = None
+        if self.cgroup and os.path.isdir(self.cgroup):
+            for _ in range(50):  # a killed process leaves its cgroup a moment after it dies
+                try:
+                    os.rmdir(self.cgroup)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- processes ---------------------------------------------------------------------------
+    def command(self, ns: str, argv: list[str], uid: int | None = None) -> list[str]:
+        """argv run inside `ns` (network namespace only: /sys and the cgroup2 mount stay visible),
+        in the sandbox's cgroup, as `uid` when given."""
+        inner = ["nsenter", f"--net=/run/netns/{ns}", "--"]
+        if uid is not None:
+            inner += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+        inner += argv
+        if not self.cgroup:
+            return inner
+        join = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
+        return ["sh", "-c", join, self.cgroup, *inner]
+
+    def run(self, ns: str, argv: list[str], uid: int | None = None, timeout: float = 60,
+            check: bool = False, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run(self.command(ns, argv, uid), capture_output=True, text=True, timeout=timeout,
+                                env=env, input=input)
+        if check and result.returncode != 0:
+            raise SandboxError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr.strip()}")
+        return result
+
+    def spawn(self, ns: str, argv: list[str], uid: int | None = None, log: str | None = None) -> subprocess.Popen:
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        proc = subprocess.Popen(self.command(ns, argv, uid), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        if log:
+            out.close()
+        self._procs.append(proc)
+        return proc
+
+    def python(self, module: str, *args: str) -> list[str]:
+        return [sys.executable, "-m", module, *args]
+
+    @staticmethod
+    def stop(proc: subprocess.Popen) -> None:
+        """End a process we started, by its pid (its own session: nothing else shares it)."""
+        if proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+    # -- tpctl itself ------------------------------------------------------------------------
+    def tpctl(self, *args: str, env: dict | None = None, timeout: float = 180,
+              input: str | None = None) -> subprocess.CompletedProcess:
+        """Run tpctl inside the app namespace with this sandbox's state dir."""
+        full_env = {**os.environ, "TPCTL_STATE_DIR": self.state_dir, **(env or {})}
+        return self.run(self.app, [sys.executable, "-m", "engine.cli", *args], env=full_env, timeout=timeout,
+                        input=input)
+
+    def wait_for_port(self, ns: str, port: int, proto: str = "tcp", timeout: float = 10) -> None:
+        """Wait until something listens on `port` in `ns` (bounded)."""
+        flag = "-ltn" if proto == "tcp" else "-lun"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", "ss", "-H", flag, f"sport = :{port}"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            if out.strip():
+                return
+            time.sleep(0.05)
+        raise SandboxError(f"nothing listens on {proto} port {port} in {ns} after {timeout}s")
