@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import shutil
 import subprocess
+import sys
 import time
 
-from engine.iptables.rules import COMMENT_PREFIX, FamilyPlan, Rule, TablePlan
+from engine.iptables.rules import COMMENT_PREFIX, FamilyPlan, Rule, TablePlan, table_to_json
 
 XTABLES_LOCK = "/run/xtables.lock"
 
@@ -80,32 +82,41 @@ class LegacyBackend(Backend):
         return [(f"iptables-legacy {plan.label} {t.name}", [t]) for t in plan.tables]
 
     def apply_tables(self, family: int, tables: list[TablePlan]) -> None:
-        for table in tables:
-            self._commit_table(family, table)
+        # libxtables keeps one global extension registry per process, so python-iptables
+        # cannot load e.g. REDIRECT for IPv6 once it has loaded it for IPv4 ("can't find
+        # target REDIRECT"). Each family therefore commits from a process of its own.
+        payload = json.dumps({"family": family, "wait": self.wait, "tables": [table_to_json(t) for t in tables]})
+        result = subprocess.run([sys.executable, "-m", "engine.iptables.legacy_commit"], input=payload,
+                                capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise BackendError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else
+                               f"python-iptables commit exited {result.returncode}")
 
-    def _commit_table(self, family: int, plan: TablePlan) -> None:
-        import iptc  # python-iptables: imported here so the nft path works without it
 
-        table_class = iptc.Table if family == 4 else iptc.Table6
-        with xtables_lock(self.wait):
-            table = table_class(plan.name)
-            table.autocommit = False
-            try:
-                table.refresh()
-                for chain in plan.chains:
-                    table.create_chain(chain)
-                for rule in plan.rules:
-                    chain = iptc.Chain(table, rule.chain)
-                    entry = to_iptc(rule, family)
-                    if rule.position is None:
-                        chain.append_rule(entry)
-                    else:
-                        chain.insert_rule(entry, rule.position - 1)
-                table.commit()  # one commit: the kernel swaps in the whole table at once
-            except iptc.IPTCError as err:
-                raise BackendError(f"python-iptables {plan.name} (IPv{family}): {err}") from err
-            finally:
-                table.autocommit = True
+def commit_table(family: int, plan: TablePlan, wait: int) -> None:
+    """Create our chains and add our rules to one table in a single python-iptables commit."""
+    import iptc  # python-iptables: imported here so the nft path works without it
+
+    table_class = iptc.Table if family == 4 else iptc.Table6
+    with xtables_lock(wait):
+        table = table_class(plan.name)
+        table.autocommit = False
+        try:
+            table.refresh()
+            for chain in plan.chains:
+                table.create_chain(chain)
+            for rule in plan.rules:
+                chain = iptc.Chain(table, rule.chain)
+                entry = to_iptc(rule, family)
+                if rule.position is None:
+                    chain.append_rule(entry)
+                else:
+                    chain.insert_rule(entry, rule.position - 1)
+            table.commit()  # one commit: the kernel swaps in the whole table at once
+        except (iptc.IPTCError, iptc.errors.XTablesError) as err:
+            raise BackendError(f"python-iptables {plan.name} (IPv{family}): {err}") from err
+        finally:
+            table.autocommit = True
 
 
 def to_iptc(rule: Rule, family: int):

@@ -150,3 +150,19 @@ class FamilyPlan:
 
     def save_view(self) -> str:
         return "".join(t.save_view() for t in self.tables)
+
+
+def table_to_json(table: TablePlan) -> dict:
+    from dataclasses import asdict
+
+    return asdict(table)
+
+
+def table_from_json(data: dict) -> TablePlan:
+    def rule(r: dict) -> Rule:
+        return Rule(**{**r,
+                       "target_options": tuple(Option(**o) for o in r["target_options"]),
+                       "matches": tuple(Match(m["name"], tuple(Option(**o) for o in m["options"]))
+                                        for m in r["matches"])})
+
+    return TablePlan(data["name"], tuple(data["chains"]), tuple(rule(r) for r in data["rules"]))

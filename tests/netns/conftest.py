@@ -1,0 +1,72 @@
+"""Fixtures for tests that install for real, in throwaway namespaces (root only)."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from engine.sandbox.netns import Sandbox
+from engine.sandbox.scenario import Scenario
+
+ENGINES = {
+    "iptables-nft": ["--iptables-backend", "nft"],
+    "iptables-legacy": ["--iptables-backend", "legacy"],
+}
+
+
+@pytest.fixture(autouse=True)
+def _root_only():
+    if os.geteuid() != 0:
+        pytest.skip("needs root: installs rules in throwaway network namespaces")
+
+
+@pytest.fixture
+def sandbox():
+    with Sandbox("tpt") as sb:
+        yield sb
+
+
+@pytest.fixture
+def scene(sandbox):
+    return Scenario(sandbox).start()
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request):
+    """The engine under test, as the install flags that select it."""
+    return request.param
+
+
+def install_args(engine: str, sandbox: Sandbox, *extra: str) -> list[str]:
+    return ["install", "--kuma-dp-user", "5678", "--resolv-conf", sandbox.resolv_conf,
+            "--max-retries", "0", *ENGINES[engine], *extra]
+
+
+def install(sandbox: Sandbox, engine: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = sandbox.tpctl(*install_args(engine, sandbox, *extra), env=env)
+    assert result.returncode == 0, f"install failed ({result.returncode}): {result.stderr}"
+    return result
+
+
+def snapshot(sandbox: Sandbox) -> dict[str, str]:
+    """Every table of both backends and both families in the app namespace, normalised."""
+    from engine.iptables.live import normalize_save
+
+    out = {}
+    for tool in ("iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft-save", "ip6tables-nft-save"):
+        result = sandbox.run(sandbox.app, [tool], timeout=30)
+        out[tool] = normalize_save(result.stdout)
+    return out
+
+
+def add_foreign_rules(sandbox: Sandbox) -> None:
+    """Rules of another owner in every table we touch, in both backends and families."""
+    script = ("*raw\n-A PREROUTING -p udp --dport 5353 -j NOTRACK\n-A OUTPUT -p udp --dport 5353 -j NOTRACK\nCOMMIT\n"
+              "*nat\n:FOREIGN_CHAIN - [0:0]\n-A PREROUTING -p tcp --dport 2222 -j REDIRECT --to-ports 22\n"
+              "-A OUTPUT -p tcp --dport 7777 -j FOREIGN_CHAIN\n-A FOREIGN_CHAIN -j RETURN\n"
+              "-A POSTROUTING -o lo -j ACCEPT\nCOMMIT\n"
+              "*mangle\n-A PREROUTING -p tcp --dport 2222 -j MARK --set-mark 7\nCOMMIT\n"
+              "*filter\n-A INPUT -p tcp --dport 2223 -j ACCEPT\nCOMMIT\n")
+    for tool in ("iptables-legacy-restore", "ip6tables-legacy-restore", "iptables-nft-restore", "ip6tables-nft-restore"):
+        sandbox.run(sandbox.app, [tool, "--noflush"], input=script, check=True)

@@ -1,0 +1,99 @@
+"""Real traffic through real namespaces, for every engine: where did each connection go?"""
+from __future__ import annotations
+
+from engine.sandbox.netns import APP_V4, APP_V6, SRV_V4, SRV_V6
+from engine.sandbox.sidecar import DNS_MARKER_V4
+from engine.sandbox.scenario import REAL_DNS_ANSWER
+from tests.netns.conftest import install
+
+
+def test_outbound_goes_through_the_sidecar_which_recovers_the_original_destination(scene, sandbox, engine):
+    install(sandbox, engine)
+    reply = scene.outbound(SRV_V4, 9000)
+    assert reply["reply"].startswith(f"hello from {SRV_V4}:9000"), reply
+    assert reply["peername"] == f"{SRV_V4}:9000", "the app must see the address it connected to"
+    assert [c["original_dst"] for c in scene.connections("outbound")] == [f"{SRV_V4}:9000"]
+
+
+def test_the_proxy_uid_is_never_redirected(scene, sandbox, engine):
+    install(sandbox, engine)
+    reply = scene.outbound(SRV_V4, 9000, uid=5678)
+    assert reply["reply"].startswith(f"hello from {SRV_V4}:9000"), reply
+    assert scene.connections("outbound") == []
+
+
+def test_inbound_goes_to_the_inbound_port_and_reaches_the_app_from_the_passthrough_address(scene, sandbox, engine):
+    install(sandbox, engine)
+    reply = scene.inbound(APP_V4, 8080)
+    assert reply["reply"].startswith(f"hello from {APP_V4}:8080 to 127.0.0.6:"), reply
+    assert [c["original_dst"] for c in scene.connections("inbound")] == [f"{APP_V4}:8080"]
+
+
+def test_excluded_ports_are_untouched(scene, sandbox, engine):
+    install(sandbox, engine, "--exclude-outbound-ports", "9001", "--exclude-inbound-ports", "8081")
+    assert scene.outbound(SRV_V4, 9001)["reply"].startswith(f"hello from {SRV_V4}:9001")
+    assert scene.inbound(APP_V4, 8081)["reply"].startswith(f"hello from {APP_V4}:8081 to {SRV_V4}:")
+    assert scene.connections("outbound") == [] and scene.connections("inbound") == []
+    scene.outbound(SRV_V4, 9000)
+    assert [c["original_dst"] for c in scene.connections("outbound")] == [f"{SRV_V4}:9000"]
+
+
+def test_excluded_ips_are_untouched(scene, sandbox, engine):
+    install(sandbox, engine, "--exclude-outbound-ips", f"{SRV_V6}/128", "--exclude-inbound-ips", "198.18.0.0/30")
+    assert scene.outbound(SRV_V6, 9000)["reply"].startswith(f"hello from {SRV_V6}:9000")
+    assert scene.inbound(APP_V4, 8080)["reply"].startswith(f"hello from {APP_V4}:8080 to {SRV_V4}:")
+    assert scene.connections("outbound") == [] and scene.connections("inbound") == []
+    scene.outbound(SRV_V4, 9000)
+    assert [c["original_dst"] for c in scene.connections("outbound")] == [f"{SRV_V4}:9000"]
+
+
+def test_excluded_ports_for_uids_apply_to_those_uids_only(scene, sandbox, engine):
+    install(sandbox, engine, "--exclude-outbound-ports-for-uids", "tcp:9000:4242")
+    assert scene.outbound(SRV_V4, 9000, uid=4242)["reply"].startswith(f"hello from {SRV_V4}:9000")
+    assert scene.connections("outbound") == []
+    scene.outbound(SRV_V4, 9000, uid=4243)
+    assert [c["original_dst"] for c in scene.connections("outbound")] == [f"{SRV_V4}:9000"]
+
+
+def test_dns_to_resolv_conf_servers_is_answered_by_the_sidecar_from_the_server_address(scene, sandbox, engine):
+    install(sandbox, engine, "--redirect-dns")
+    answer = scene.dns(SRV_V4)
+    assert answer == {"reply_from": f"{SRV_V4}:53", "answer": DNS_MARKER_V4}
+    assert [r["qname"] for r in scene.connections("dns")] == ["demo.mesh"]
+
+
+def test_dns_to_other_servers_is_left_alone_without_capture_all(scene, sandbox, engine):
+    with open(sandbox.resolv_conf, "w") as handle:
+        handle.write("nameserver 198.18.1.53\n")
+    install(sandbox, engine, "--redirect-dns")
+    assert scene.dns(SRV_V4) == {"reply_from": f"{SRV_V4}:53", "answer": REAL_DNS_ANSWER}
+    assert scene.connections("dns") == []
+
+
+def test_all_dns_is_captured_with_redirect_all_dns_traffic(scene, sandbox, engine):
+    with open(sandbox.resolv_conf, "w") as handle:
+        handle.write("nameserver 198.18.1.53\n")
+    install(sandbox, engine, "--redirect-all-dns-traffic")
+    assert scene.dns(SRV_V4) == {"reply_from": f"{SRV_V4}:53", "answer": DNS_MARKER_V4}
+
+
+def test_ipv6_dualstack_redirects_both_directions(scene, sandbox, engine):
+    install(sandbox, engine)
+    reply = scene.outbound(SRV_V6, 9000)
+    assert reply["reply"].startswith(f"hello from {SRV_V6}:9000"), reply
+    reply = scene.inbound(APP_V6, 8080)
+    assert reply["reply"].startswith(f"hello from {APP_V6}:8080 to ::6:"), reply
+    assert [c["original_dst"] for c in scene.connections("outbound")] == [f"{SRV_V6}:9000"]
+    assert [c["original_dst"] for c in scene.connections("inbound")] == [f"{APP_V6}:8080"]
+
+
+def test_ipv4_mode_leaves_ipv6_alone(scene, sandbox, engine):
+    install(sandbox, engine, "--ip-family-mode", "ipv4")
+    assert scene.outbound(SRV_V6, 9000)["reply"].startswith(f"hello from {SRV_V6}:9000")
+    assert scene.connections("outbound") == []
+
+
+def test_app_to_localhost_is_untouched(scene, sandbox, engine):
+    install(sandbox, engine)
+    assert scene.outbound("127.0.0.1", 8080)["reply"].startswith("hello from 127.0.0.1:8080 to 127.0.0.1:")
+    assert scene.connections("outbound") == []
