@@ -50,13 +50,21 @@ def install(sandbox: Sandbox, engine: str, *extra: str, env: dict | None = None)
 
 
 def snapshot(sandbox: Sandbox) -> dict[str, str]:
-    """Every table of both backends and both families in the app namespace, normalised."""
-    from engine.iptables.live import normalize_save
+    """Every table of both backends and both families in the app namespace, normalised:
+    counters dropped, tables keyed by name, and a table with no rule, no chain of its own and
+    only ACCEPT policies left out. The kernel instantiates such a table on first look (legacy
+    iptables-save, python-iptables), which changes nothing a packet meets."""
+    from engine.iptables.live import normalize_save, parse_save
 
     out = {}
     for tool in ("iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft-save", "ip6tables-nft-save"):
         result = sandbox.run(sandbox.app, [tool], timeout=30)
-        out[tool] = normalize_save(result.stdout)
+        tables = parse_save(normalize_save(result.stdout))
+        for name in sorted(tables):
+            table = tables[name]
+            if table.rules or any(policy != "ACCEPT" for policy in table.chains.values()):
+                out[f"{tool} {name}"] = "\n".join(
+                    [f":{c} {p}" for c, p in table.chains.items()] + [f"-A {c} {s}" for c, s in table.rules])
     return out
 
 
