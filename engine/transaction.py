@@ -38,7 +38,7 @@ def run(steps: list[Step], log: Callable[[str], None] = lambda _: None) -> list[
             done.append(step)
             if fault == step.name:
                 raise InjectedFault(f"fault injected after step {step.name!r} ({FAULT_ENV})")
-    except Exception as err:  # every failure, whatever its type, must roll back
+    except BaseException as err:  # every failure, Ctrl-C included, must roll back
         problems = []
         for step in reversed(done):
             log(f"undo: {step.name}")
@@ -50,6 +50,8 @@ def run(steps: list[Step], log: Callable[[str], None] = lambda _: None) -> list[
         message += "; rolled back " + (", ".join(s.name for s in reversed(done)) or "nothing (no step had completed)")
         if problems:
             message += "; ROLLBACK INCOMPLETE: " + "; ".join(problems)
+        if not isinstance(err, Exception):  # KeyboardInterrupt, SystemExit: rolled back, now go on
+            raise
         raise ApplyFailed(message) from err
     return [s.name for s in done]
 

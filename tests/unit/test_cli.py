@@ -1,0 +1,55 @@
+"""The CLI edge: typed flags, environment variables, exit codes (no root, nothing applied)."""
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from engine.cli import main
+
+
+def run(*args, env=None, input=None):
+    return CliRunner().invoke(main, list(args), env=env, input=input)
+
+
+def test_bad_port_exits_2_naming_the_flag():
+    result = run("install", "--redirect-inbound-port", "0", "--dry-run")
+    assert result.exit_code == 2
+    assert "--redirect-inbound-port" in result.output and "out of range" in result.output
+
+
+def test_bad_environment_variable_exits_2_naming_it():
+    result = run("install", "--dry-run", env={"TPCTL_REDIRECT_OUTBOUND_PORT": "http"})
+    assert result.exit_code == 2
+    assert "TPCTL_REDIRECT_OUTBOUND_PORT" in result.output or "--redirect-outbound-port" in result.output
+
+
+def test_conflicting_dns_flags_exit_2():
+    result = run("install", "--redirect-dns", "--redirect-all-dns-traffic", "--dry-run")
+    assert result.exit_code == 2 and "conflict" in result.output
+
+
+def test_switches_accept_kumactl_style_false():
+    result = run("install", "--redirect-inbound=false", "--redirect-inbound-port", "x")
+    assert result.exit_code == 2 and "--redirect-inbound-port" in result.output
+    result = run("install", "--redirect-inbound=maybe")
+    assert result.exit_code == 2 and "--redirect-inbound" in result.output
+
+
+def test_every_kumactl_flag_is_accepted():
+    flags = ["--kuma-dp-user", "--redirect-inbound", "--redirect-inbound-port", "--redirect-outbound-port",
+             "--exclude-inbound-ports", "--exclude-outbound-ports", "--exclude-inbound-ips", "--exclude-outbound-ips",
+             "--exclude-outbound-ports-for-uids", "--redirect-dns", "--redirect-all-dns-traffic",
+             "--redirect-dns-port", "--skip-dns-conntrack-zone-split", "--ip-family-mode", "--vnet", "--dry-run",
+             "--verbose", "--store-firewalld", "--wait", "--wait-interval", "--max-retries",
+             "--sleep-between-retries", "--iptables-logs", "--disable-comments", "--drop-invalid-packets",
+             "--redirect-inbound-insert-instead-of-append", "--redirect-outbound-insert-instead-of-append",
+             "--iptables-executables", "--config", "--experimental-transparent-proxy-engine", "--ebpf-enabled",
+             "--ebpf-instance-ip", "--ebpf-programs-source-path", "--ebpf-bpffs-path", "--ebpf-cgroup-path",
+             "--ebpf-tc-attach-iface", "--no-fallback", "--iptables-backend"]
+    help_text = run("install", "--help").output
+    missing = [f for f in flags if f not in help_text]
+    assert missing == []
+
+
+def test_unknown_config_file_exits_2():
+    result = run("install", "--config", "/nonexistent/tpctl.yaml", "--dry-run")
+    assert result.exit_code == 2 and "/nonexistent/tpctl.yaml" in result.output

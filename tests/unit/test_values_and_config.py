@@ -1,0 +1,126 @@
+"""Parsing and validation of every kind of flag value, and the precedence of the sources."""
+from __future__ import annotations
+
+import pytest
+
+from engine import config as config_module
+from engine import values as v
+from engine.errors import ConfigError
+
+
+def build(**explicit):
+    return config_module.build({"kuma_dp_user": v.ProxyUser(5678, "kuma-dp"), **explicit})
+
+
+@pytest.mark.parametrize("text, expected", [("1", 1), ("65535", 65535), (" 15001 ", 15001)])
+def test_port_accepts_1_to_65535(text, expected):
+    assert v.port(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "65536", "-1", "http", ""])
+def test_port_rejects_the_rest(text):
+    with pytest.raises(ValueError):
+        v.port(text)
+
+
+def test_port_lists_join_repeated_flags_and_drop_duplicates():
+    assert v.port_list(["1,22", "22", " 333 "]) == (1, 22, 333)
+
+
+def test_networks_keep_family_and_drop_host_bits_like_iptables():
+    nets = v.network_list(["192.168.0.1,172.32.16.8/16", "fe80::/10"])
+    assert [str(n) for n in nets] == ["192.168.0.1/32", "172.32.0.0/16", "fe80::/10"]
+    with pytest.raises(ValueError, match="not an IP address or CIDR"):
+        v.network("10.0.0.300")
+
+
+@pytest.mark.parametrize("text, protocols, ports, uids", [
+    ("53,3000-5000:106-108", ("tcp", "udp"), "53,3000:5000", "106-108"),
+    ("1", ("tcp", "udp"), "1:65535", "1"),
+    ("udp:53:1000", ("udp",), "53", "1000"),
+    ("*:*:0", ("tcp", "udp"), "1:65535", "0"),
+    ("tcp,udp:80:5", ("tcp", "udp"), "80", "5"),
+])
+def test_ports_for_uids_formats(text, protocols, ports, uids):
+    assert v.ports_for_uids_list([text]) == (v.PortsForUids(protocols, ports, uids),)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("http:80:1", "protocol"), ("80:*", "wildcard"), ("80:1,2", "not a list"), ("a:b:c:d", "protocol"),
+    ("70000:1", "port range"), ("5-3:1", "invalid"),
+])
+def test_ports_for_uids_errors_say_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=message):
+        v.ports_for_uids_list([text])
+
+
+def test_vnet_splits_at_the_first_colon_so_ipv6_cidrs_work():
+    (vn,) = v.vnet_list(["iface:::1/64"])
+    assert (vn.interface, vn.cidr, str(vn.network)) == ("iface", "::1/64", "::/64")
+    with pytest.raises(ValueError, match="iface:cidr"):
+        v.vnet_list(["docker0"])
+
+
+def test_proxy_user_by_name_and_by_uid():
+    assert v.proxy_user("root") == v.ProxyUser(0, "root")
+    assert v.proxy_user("0").name == "root"
+    assert v.proxy_user("4242424") == v.ProxyUser(4242424, None)
+    with pytest.raises(ValueError, match="no user named"):
+        v.proxy_user("no-such-user-anywhere")
+
+
+def test_durations_as_kumactl_takes_them():
+    assert v.duration_seconds("2s") == 2 and v.duration_seconds("500ms") == 0.5 and v.duration_seconds("1m") == 60
+
+
+def test_defaults_mirror_kumactl():
+    config = build()
+    assert (config.redirect_inbound_port, config.redirect_outbound_port, config.redirect_dns_port) == (15006, 15001, 15053)
+    assert config.ip_family_mode == "dualstack" and config.redirect_inbound and not config.dns_enabled
+    assert (config.wait, config.wait_interval, config.max_retries, config.sleep_between_retries) == (5, 0, 4, 2.0)
+    assert config.ebpf_bpffs_path == "/run/kuma/bpf"
+
+
+def test_dns_flags_conflict_but_a_config_file_may_say_enabled_and_capture_all(tmp_path):
+    with pytest.raises(ConfigError, match="--redirect-dns and --redirect-all-dns-traffic"):
+        build(redirect_dns=True, redirect_all_dns_traffic=True)
+    path = tmp_path / "c.yaml"
+    path.write_text("redirect:\n  dns:\n    enabled: true\n    captureAll: true\n")
+    config = config_module.build({"kuma_dp_user": v.ProxyUser(1, None)}, [str(path)])
+    assert config.dns_enabled and config.capture_all_dns
+
+
+def test_precedence_defaults_then_files_in_order_then_explicit(tmp_path):
+    first, second = tmp_path / "1.yaml", tmp_path / "2.yaml"
+    first.write_text("redirect:\n  inbound:\n    port: 1111\n    excludePorts: [1, 2]\n")
+    second.write_text("redirect:\n  inbound:\n    excludePorts: [3]\n")
+    config = config_module.build({"kuma_dp_user": v.ProxyUser(1, None)}, [str(first), str(second)])
+    assert config.redirect_inbound_port == 1111 and config.exclude_inbound_ports == (3,)  # lists replace
+    config = config_module.build({"kuma_dp_user": v.ProxyUser(1, None), "redirect_inbound_port": 2222},
+                                 [str(first)])
+    assert config.redirect_inbound_port == 2222
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("redirect:\n  inbound:\n    port: 0\n", "redirect.inbound.port"),
+    ("redirect:\n  nope: 1\n", "unknown key 'redirect.nope'"),
+    ("- a\n", "mapping"),
+    ("a: [", "not valid YAML"),
+])
+def test_config_file_errors_name_the_file_and_key(tmp_path, yaml_text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message) as err:
+        config_module.build({}, [str(path)])
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("explicit, message", [
+    ({"redirect_inbound_port": 15001}, "--redirect-outbound-port are both 15001"),
+    ({"exclude_outbound_ports": (15006,)}, "is a redirect port"),
+    ({"ebpf_instance_ip": "198.18.0.1"}, "--ebpf-instance-ip needs --ebpf-enabled"),
+    ({"no_fallback": True}, "--no-fallback needs --ebpf-enabled"),
+])
+def test_cross_flag_checks(explicit, message):
+    with pytest.raises(ConfigError, match=message):
+        build(**explicit)
