@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Every map, declared once. All are pinned under <bpffs>/tpctl/ by ebpf/pins.py so that the
+ * programs keep working after tpctl exits and status/uninstall can find them again.
+ */
+#ifndef TP_MAPS_H
+#define TP_MAPS_H
+
+#include "tp_types.h"
+
+/* Why: one compiled object serves every config; user space writes the ports/uid/flags here. */
+BPF_ARRAY(tp_settings, struct tp_settings, 1);
+
+/* Why: --exclude-outbound-ports must be checked per connect without recompiling. */
+BPF_HASH(tp_excl_out_ports, __u16, __u8, 1024);
+
+/* Why: --exclude-inbound-ports, checked by tc ingress on the first SYN. */
+BPF_HASH(tp_excl_in_ports, __u16, __u8, 1024);
+
+/* Why: --exclude-outbound-ips takes CIDRs; an LPM trie answers "inside any prefix" in one lookup. */
+BPF_LPM_TRIE(tp_excl_out_v4, struct tp_lpm_v4, __u8, 1024);
+BPF_LPM_TRIE(tp_excl_out_v6, struct tp_lpm_v6, __u8, 1024);
+
+/* Why: --exclude-inbound-ips matches the source of inbound SYNs, also by prefix. */
+BPF_LPM_TRIE(tp_excl_in_v4, struct tp_lpm_v4, __u8, 1024);
+BPF_LPM_TRIE(tp_excl_in_v6, struct tp_lpm_v6, __u8, 1024);
+
+/* Why: --exclude-outbound-ports-for-uids are ranges, not keys; a small array scanned in order. */
+BPF_ARRAY(tp_uid_port_excl, struct tp_uid_port_range, TP_MAX_UID_RANGES);
+
+/* Why: --redirect-dns only redirects queries to the resolv.conf servers. */
+BPF_HASH(tp_dns_v4, __u32, __u8, 64);
+BPF_HASH(tp_dns_v6, struct tp_lpm_v6, __u8, 64);
+
+/* Why: the proxy's connections to its own instance IP go to the inbound port, and tc only
+ * redirects inbound traffic addressed to these. v6 keys use tp_lpm_v6 with prefixlen 128. */
+BPF_HASH(tp_instance_v4, __u32, __u8, 64);
+BPF_HASH(tp_instance_v6, struct tp_lpm_v6, __u8, 64);
+
+/* Why: connect/sendmsg rewrite the destination before the socket has a local port, so the
+ * original destination can only be keyed by socket cookie; getpeername and recvmsg read it
+ * back. LRU so that sockets closed without a TCP state callback (UDP) age out. */
+BPF_TABLE("lru_hash", __u64, struct tp_orig, tp_cookie_orig, 65536);
+
+/* Why: the proxy's accepted socket has a different cookie from the app's; sockops copies the
+ * original destination to the 4-tuple (seen from the proxy socket) that getsockopt can build. */
+BPF_TABLE("lru_hash", struct tp_tuple, struct tp_orig, tp_tuple_orig, 65536);
+
+/* Why: tc rewrites the destination port of inbound SYNs; egress must restore the source port
+ * and getsockopt must report the original port for the proxy's accepted socket. Value: the
+ * original local port, host order. */
+BPF_TABLE("lru_hash", struct tp_in_flow, __u16, tp_in_flows, 65536);
+
+/* Why: sk_msg can only redirect to sockets held in a sockmap/sockhash; sockops adds both ends
+ * of local app<->proxy connections, keyed by tuple seen from the socket itself. */
+BPF_SOCKHASH(tp_sock_hash, struct tp_tuple, 65536);
+
+/* Why: read only by user space; records where we attached so uninstall needs no state file. */
+BPF_ARRAY(tp_install_meta, struct tp_install_meta, 1);
+
+#endif

@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * cgroup/connect4 and cgroup/connect6: outbound TCP goes to the proxy's outbound port (the
+ * proxy's own connections to its instance IP to the inbound port); connected UDP to port 53
+ * goes to the DNS proxy. The original destination is kept by socket cookie for sockops,
+ * getpeername and recvmsg.
+ */
+#include "tp_redirect.h"
+
+int tp_sock4_connect(struct bpf_sock_addr *ctx)
+{
+	struct tp_settings *s = tp_get_settings();
+	__u32 dst = ctx->user_ip4;
+	__u16 port_be = (__u16)ctx->user_port;
+	__u16 port = bpf_ntohs(port_be);
+	__u32 uid = tp_uid();
+	struct bpf_sock *sk = ctx->sk;
+	__u16 target;
+
+	if (!s)
+		return 1;
+	if (ctx->type == TP_SOCK_DGRAM) {
+		if (tp_dns_redirect_v4(s, dst, port, uid)) {
+			tp_remember_v4(ctx, dst, port_be);
+			ctx->user_ip4 = bpf_htonl(0x7f000001);
+			ctx->user_port = bpf_htons(s->dns_port);
+		}
+		return 1;
+	}
+	if (ctx->type != TP_SOCK_STREAM || !sk)
+		return 1;
+	target = tp_tcp_target_v4(s, dst, port, uid, sk->src_ip4);
+	if (!target)
+		return 1;
+	tp_remember_v4(ctx, dst, port_be);
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(target);
+	return 1;
+}
+
+int tp_sock6_connect(struct bpf_sock_addr *ctx)
+{
+	struct tp_settings *s = tp_get_settings();
+	__u32 dst[4];
+	__u16 port_be = (__u16)ctx->user_port;
+	__u16 port = bpf_ntohs(port_be);
+	__u32 uid = tp_uid();
+	struct bpf_sock *sk = ctx->sk;
+	__u16 target;
+
+	if (!s || !sk)
+		return 1;
+	dst[0] = ctx->user_ip6[0];
+	dst[1] = ctx->user_ip6[1];
+	dst[2] = ctx->user_ip6[2];
+	dst[3] = ctx->user_ip6[3];
+
+	if (tp_is_v4mapped(dst)) {
+		/* An IPv6 socket talking IPv4 follows the IPv4 rules; the proxy's 127.0.0.1
+		 * listener is reached through ::ffff:127.0.0.1. */
+		if (ctx->type == TP_SOCK_DGRAM) {
+			if (!tp_dns_redirect_v4(s, dst[3], port, uid))
+				return 1;
+			target = s->dns_port;
+		} else if (ctx->type == TP_SOCK_STREAM) {
+			target = tp_tcp_target_v4(s, dst[3], port, uid, sk->src_ip6[3]);
+		} else {
+			return 1;
+		}
+		if (!target)
+			return 1;
+		tp_remember_v4(ctx, dst[3], port_be);
+		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+		ctx->user_port = bpf_htons(target);
+		return 1;
+	}
+
+	if (ctx->type == TP_SOCK_DGRAM) {
+		if (!tp_dns_redirect_v6(s, dst, port, uid))
+			return 1;
+		target = s->dns_port;
+	} else if (ctx->type == TP_SOCK_STREAM) {
+		__u32 src[4];
+
+		src[0] = sk->src_ip6[0];
+		src[1] = sk->src_ip6[1];
+		src[2] = sk->src_ip6[2];
+		src[3] = sk->src_ip6[3];
+		target = tp_tcp_target_v6(s, dst, port, uid, src);
+	} else {
+		return 1;
+	}
+	if (!target)
+		return 1;
+	tp_remember_v6(ctx, dst, port_be);
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = 0;
+	ctx->user_ip6[3] = bpf_htonl(1);
+	ctx->user_port = bpf_htons(target);
+	return 1;
+}

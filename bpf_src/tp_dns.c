@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * cgroup/sendmsg4/6 and cgroup/recvmsg4/6: unconnected UDP queries to port 53 go to the local
+ * DNS proxy; replies from it are shown to the app as coming from the server it asked.
+ * Connected UDP is handled by connect4/6, which share the cookie map.
+ */
+#include "tp_redirect.h"
+
+int tp_sock4_sendmsg(struct bpf_sock_addr *ctx)
+{
+	struct tp_settings *s = tp_get_settings();
+	__u32 dst = ctx->user_ip4;
+	__u16 port_be = (__u16)ctx->user_port;
+
+	if (!s || ctx->type != TP_SOCK_DGRAM)
+		return 1;
+	if (!tp_dns_redirect_v4(s, dst, bpf_ntohs(port_be), tp_uid()))
+		return 1;
+	tp_remember_v4(ctx, dst, port_be);
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(s->dns_port);
+	return 1;
+}
+
+int tp_sock6_sendmsg(struct bpf_sock_addr *ctx)
+{
+	struct tp_settings *s = tp_get_settings();
+	__u32 dst[4];
+	__u16 port_be = (__u16)ctx->user_port;
+	__u16 port = bpf_ntohs(port_be);
+	__u32 uid = tp_uid();
+
+	if (!s || ctx->type != TP_SOCK_DGRAM)
+		return 1;
+	dst[0] = ctx->user_ip6[0];
+	dst[1] = ctx->user_ip6[1];
+	dst[2] = ctx->user_ip6[2];
+	dst[3] = ctx->user_ip6[3];
+	if (tp_is_v4mapped(dst)) {
+		if (!tp_dns_redirect_v4(s, dst[3], port, uid))
+			return 1;
+		tp_remember_v4(ctx, dst[3], port_be);
+		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	} else {
+		if (!tp_dns_redirect_v6(s, dst, port, uid))
+			return 1;
+		tp_remember_v6(ctx, dst, port_be);
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+	ctx->user_port = bpf_htons(s->dns_port);
+	return 1;
+}
+
+int tp_sock4_recvmsg(struct bpf_sock_addr *ctx)
+{
+	struct tp_settings *s = tp_get_settings();
+	__u64 cookie;
+	struct tp_orig *orig;
+
+	if (!s || ctx->user_ip4 != bpf_htonl(0x7f000001) ||
+	    (__u16)ctx->user_port != bpf_htons(s->dns_port))
+		return 1;
+	cookie = bpf_get_socket_cookie(ctx);
+	orig = tp_cookie_orig.lookup(&cookie);
+	if (!orig || orig->family != AF_INET)
+		return 1;
+	ctx->user_ip4 = orig->addr[0];
+	ctx->user_port = orig->port;
+	return 1;
+}
+
+int tp_sock6_recvmsg(struct bpf_sock_addr *ctx)
+{
+	struct tp_settings *s = tp_get_settings();
+	__u64 cookie;
+	struct tp_orig *orig;
+	__u32 src[4];
+
+	if (!s || (__u16)ctx->user_port != bpf_htons(s->dns_port))
+		return 1;
+	src[0] = ctx->user_ip6[0];
+	src[1] = ctx->user_ip6[1];
+	src[2] = ctx->user_ip6[2];
+	src[3] = ctx->user_ip6[3];
+	cookie = bpf_get_socket_cookie(ctx);
+	orig = tp_cookie_orig.lookup(&cookie);
+	if (!orig)
+		return 1;
+	if (tp_is_v4mapped(src) && src[3] == bpf_htonl(0x7f000001) && orig->family == AF_INET) {
+		ctx->user_ip6[3] = orig->addr[0];
+	} else if (tp_is_loopback_v6(src) && orig->family == AF_INET6) {
+		ctx->user_ip6[0] = orig->addr[0];
+		ctx->user_ip6[1] = orig->addr[1];
+		ctx->user_ip6[2] = orig->addr[2];
+		ctx->user_ip6[3] = orig->addr[3];
+	} else {
+		return 1;
+	}
+	ctx->user_port = orig->port;
+	return 1;
+}

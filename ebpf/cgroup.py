@@ -1,0 +1,52 @@
+"""cgroup2 attachments (BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI, so programs of others on the
+same cgroup are neither replaced nor blocked) and their discovery by query."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+from . import libbpf
+
+
+def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The cgroup2 mount point (hybrid hosts: /sys/fs/cgroup/unified)."""
+    with open(mountinfo) as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split()[:1] == ["cgroup2"]:
+                return left.split()[4]
+    return None
+
+
+def is_cgroup2_dir(path: str) -> bool:
+    """True when path is a directory inside the cgroup2 hierarchy."""
+    mount = cgroup2_mount()
+    if mount is None or not os.path.isdir(path):
+        return False
+    real = os.path.realpath(path)
+    return (real == mount or real.startswith(mount.rstrip("/") + "/")) and \
+        os.path.exists(os.path.join(real, "cgroup.procs"))
+
+
+@contextlib.contextmanager
+def cgroup_fd(path: str):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def attach(prog_fd: int, cgroup_path: str, attach_type: int) -> None:
+    with cgroup_fd(cgroup_path) as fd:
+        libbpf.prog_attach(prog_fd, fd, attach_type, libbpf.BPF_F_ALLOW_MULTI)
+
+
+def detach(prog_fd: int, cgroup_path: str, attach_type: int) -> None:
+    with cgroup_fd(cgroup_path) as fd:
+        libbpf.prog_detach(prog_fd, fd, attach_type)
+
+
+def attached_ids(cgroup_path: str, attach_type: int) -> list[int]:
+    with cgroup_fd(cgroup_path) as fd:
+        return libbpf.prog_query(fd, attach_type)

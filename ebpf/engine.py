@@ -1,0 +1,247 @@
+"""The eBPF engine's facade: feature_checks, plan, apply, uninstall, status."""
+from __future__ import annotations
+
+import os
+
+from . import cgroup, libbpf, pins, tc
+from .catalogue import (ATTACH_SK_MSG_VERDICT, ATTACH_TYPE_NAMES, HOOK_CGROUP, HOOK_SK_MSG,
+                        HOOK_TC_EGRESS, HOOK_TC_INGRESS, MAPS, META_MAP, PROGRAMS, SOCKHASH_MAP,
+                        map_pin_name)
+from .compile import compile_object
+from .errors import EbpfApplyError, EbpfError, EbpfLoadError
+from .load import load_program
+from .maps import LAYOUTS, TypedMap
+from .plan import Attachment, EbpfPlan, EbpfPlanError, MapWrite, plan
+from .probe import Check, feature_checks
+from .settings import EbpfSettings
+from .transaction import Transaction
+
+__all__ = ["EbpfSettings", "Check", "EbpfPlan", "EbpfApplyError", "EbpfError", "EbpfPlanError",
+           "MapWrite", "Attachment", "feature_checks", "plan", "apply", "uninstall", "status"]
+
+
+def apply(p: EbpfPlan) -> dict:
+    s = p.settings
+    if pins.list_pins(s.bpffs_path):
+        raise EbpfApplyError(f"already installed: {p.pin_dir} holds pins (uninstall first)", [])
+    tx = Transaction()
+    bpf = None
+    record: dict = {"engine": "ebpf", "bpffs_path": s.bpffs_path, "pin_dir": p.pin_dir,
+                    "prog_ids": {}, "pins": [], "attachments": [], "maps": list(MAPS),
+                    "tc": None, "skipped": []}
+    try:
+        record["bpffs_mounted_by_us"] = tx.step(
+            "mount-bpffs", lambda: pins.mount_bpffs(s.bpffs_path),
+            lambda mounted: pins.umount(s.bpffs_path) if mounted else None)
+        tx.step("pin-dir", lambda: os.makedirs(p.pin_dir, exist_ok=False),
+                lambda _: os.rmdir(p.pin_dir))
+        bpf = tx.step("compile", lambda: compile_object(s.programs_source_path),
+                      lambda b: b.cleanup())
+        fns = _load_all(tx, bpf, p, record)
+        for name in MAPS:
+            _pin(tx, _map_fd(bpf, name), os.path.join(p.pin_dir, map_pin_name(name)), record)
+        for name, fn in fns.items():
+            _pin(tx, fn.fd, os.path.join(p.pin_dir, f"prog_{name}"), record)
+        for mw in p.maps:
+            tx.step(f"map:{mw.map}", lambda mw=mw: _write_map(bpf, mw))
+        meta = {"cgroup_path": os.path.realpath(s.cgroup_path), "tc_ifindex": 0, "tc_prio": 0,
+                "clsact_created": False, "accel_attached": False}
+        for att in p.attachments:
+            if att.program in fns:
+                _attach(tx, bpf, fns[att.program], att, record, meta)
+        tx.step("meta", lambda: TypedMap(META_MAP, _map_fd(bpf, META_MAP)).put(0, meta))
+    except Exception as exc:
+        raise tx.fail(exc) from exc
+    bpf.cleanup()  # closes our fds; pins and attachments keep everything alive
+    return record
+
+
+def _map_fd(bpf, name: str) -> int:
+    """BCC's Python has no table class for sockhash maps; its C API gives every map's fd."""
+    from bcc import lib
+    fd = lib.bpf_table_fd(bpf.module, name.encode())
+    if fd < 0:
+        raise EbpfError(f"compiled object has no map {name}")
+    return fd
+
+
+def _load_all(tx: Transaction, bpf, p: EbpfPlan, record: dict) -> dict:
+    fns = {}
+    for prog in p.programs:
+        try:
+            fns[prog.name] = tx.step(f"load:{prog.name}", lambda prog=prog: load_program(bpf, prog))
+        except Exception as exc:
+            cause = getattr(exc, "cause", exc)
+            if not (prog.optional and isinstance(cause, EbpfLoadError)):
+                raise
+            record["skipped"].append({"program": prog.name, "reason": str(cause).splitlines()[0]})
+            continue
+        record["prog_ids"][prog.name] = libbpf.prog_info(fns[prog.name].fd)["id"]
+    return fns
+
+
+def _pin(tx: Transaction, fd: int, path: str, record: dict) -> None:
+    tx.step(f"pin:{os.path.basename(path)}", lambda: pins.pin(fd, path),
+            lambda _: os.unlink(path))
+    record["pins"].append(path)
+
+
+def _write_map(bpf, mw: MapWrite) -> None:
+    typed = TypedMap(mw.map, _map_fd(bpf, mw.map))
+    for key, value in mw.entries:
+        typed.put(key, value)
+
+
+def _attach(tx: Transaction, bpf, fn, att: Attachment, record: dict, meta: dict) -> None:
+    prog_id = record["prog_ids"][att.program]
+    if att.hook == HOOK_CGROUP:
+        tx.step(f"attach:{att.program}",
+                lambda: cgroup.attach(fn.fd, att.target, att.attach_type),
+                lambda _: cgroup.detach(fn.fd, att.target, att.attach_type))
+        record["attachments"].append({
+            "program": att.program, "cgroup_path": os.path.realpath(att.target),
+            "attach_type": att.attach_type, "attach_type_name": ATTACH_TYPE_NAMES[att.attach_type],
+            "prog_id": prog_id})
+    elif att.hook == HOOK_SK_MSG:
+        map_fd = _map_fd(bpf, SOCKHASH_MAP)
+        tx.step(f"attach:{att.program}",
+                lambda: libbpf.prog_attach(fn.fd, map_fd, ATTACH_SK_MSG_VERDICT, 0),
+                lambda _: libbpf.prog_detach(fn.fd, map_fd, ATTACH_SK_MSG_VERDICT))
+        record["attachments"].append({"program": att.program, "map": SOCKHASH_MAP,
+                                      "attach_type": ATTACH_SK_MSG_VERDICT,
+                                      "attach_type_name": "sk_msg_verdict", "prog_id": prog_id})
+        meta["accel_attached"] = True
+    else:
+        if record["tc"] is None:
+            index = tc.ifindex(att.target)
+            created = tx.step("tc:qdisc", lambda: tc.add_clsact(index),
+                              lambda made: tc.del_clsact(index) if made else None)
+            record["tc"] = {"iface": att.target, "ifindex": index, "clsact_created": created,
+                            "filters": []}
+            meta.update(tc_ifindex=index, tc_prio=tc.TC_PRIO, clsact_created=created)
+        index = record["tc"]["ifindex"]
+        flt = tx.step(f"tc:filter:{att.program}",
+                      lambda: tc.add_filter(index, att.hook, fn.fd, att.program, prog_id),
+                      tc.del_filter)
+        record["tc"]["filters"].append(flt.as_record())
+
+
+def _open_pinned(bpffs_path: str) -> tuple[dict, dict]:
+    """Pinned programs {name: (fd, id)} and maps {name: fd} under <bpffs>/tpctl/."""
+    d = pins.pin_dir(bpffs_path)
+    progs, maps = {}, {}
+    for entry in pins.list_pins(bpffs_path):
+        kind, _, name = entry.partition("_")
+        try:
+            fd = pins.open_pin(os.path.join(d, entry))
+        except OSError:
+            continue
+        if kind == "prog":
+            progs[name] = (fd, libbpf.prog_info(fd)["id"])
+        elif kind == "map":
+            maps[name] = fd
+    return progs, maps
+
+
+def _read_meta(maps: dict) -> dict | None:
+    if META_MAP not in maps:
+        return None
+    meta = TypedMap(META_MAP, maps[META_MAP]).get(0)
+    return meta if meta and meta["cgroup_path"] else None
+
+
+def uninstall(bpffs_path: str, record: dict | None, cgroup_path: str | None) -> list[str]:
+    removed: list[str] = []
+    progs, maps = _open_pinned(bpffs_path)
+    try:
+        if record:
+            for name, prog_id in record.get("prog_ids", {}).items():
+                if name not in progs:
+                    try:
+                        progs[name] = (libbpf.prog_fd_by_id(prog_id), prog_id)
+                    except OSError:
+                        pass
+        meta = _read_meta(maps) or {}
+        cgroups = {cgroup_path, meta.get("cgroup_path")}
+        cgroups |= {a.get("cgroup_path") for a in (record or {}).get("attachments", [])}
+        for cg in sorted(c for c in cgroups if c and os.path.isdir(c)):
+            removed += _detach_cgroup(cg, progs)
+        if "tp_sk_msg" in progs and SOCKHASH_MAP in maps:
+            try:
+                libbpf.prog_detach(progs["tp_sk_msg"][0], maps[SOCKHASH_MAP], ATTACH_SK_MSG_VERDICT)
+                removed.append("detached tp_sk_msg from tp_sock_hash")
+            except OSError:
+                pass
+        removed += _remove_tc(record, meta)
+        removed += pins.remove_pin_dir(bpffs_path)
+    finally:
+        for fd, _ in progs.values():
+            os.close(fd)
+        for fd in maps.values():
+            os.close(fd)
+    return removed
+
+
+def _detach_cgroup(cg: str, progs: dict) -> list[str]:
+    removed = []
+    for prog in PROGRAMS:
+        if prog.hook != HOOK_CGROUP or prog.name not in progs:
+            continue
+        fd, prog_id = progs[prog.name]
+        if prog_id in cgroup.attached_ids(cg, prog.attach_type):
+            cgroup.detach(fd, cg, prog.attach_type)
+            removed.append(f"detached {prog.name} (id {prog_id}) from {cg} "
+                           f"{ATTACH_TYPE_NAMES[prog.attach_type]}")
+    return removed
+
+
+def _remove_tc(record: dict | None, meta: dict) -> list[str]:
+    rec_tc = (record or {}).get("tc") or {}
+    index = rec_tc.get("ifindex") or meta.get("tc_ifindex")
+    created = rec_tc.get("clsact_created", meta.get("clsact_created", False))
+    removed = []
+    for idx in [index] if index else tc.all_ifindexes():
+        try:
+            filters = tc.our_filters(idx)
+        except Exception:  # interface gone with its filters
+            continue
+        for flt in filters:
+            tc.del_filter(flt)
+            removed.append(f"removed tc filter {flt.program} ({flt.direction}) from ifindex {idx}")
+        if idx == index and created and tc.has_clsact(idx):
+            tc.del_clsact(idx)
+            removed.append(f"removed clsact qdisc from ifindex {idx}")
+    return removed
+
+
+def status(bpffs_path: str) -> dict:
+    progs, maps = _open_pinned(bpffs_path)
+    try:
+        meta = _read_meta(maps) or {}
+        cg = meta.get("cgroup_path")
+        programs = {}
+        for prog in PROGRAMS:
+            if prog.name not in progs:
+                continue
+            fd, prog_id = progs[prog.name]
+            attached = None
+            if prog.hook == HOOK_CGROUP and cg and os.path.isdir(cg):
+                attached = prog_id in cgroup.attached_ids(cg, prog.attach_type)
+            programs[prog.name] = {"id": prog_id, "hook": prog.hook, "attached": attached}
+        index = meta.get("tc_ifindex")
+        if index:
+            ours = {f.program: f for f in tc.our_filters(index)}
+            for name in ("tp_tc_ingress", "tp_tc_egress"):
+                if name in programs:
+                    programs[name]["attached"] = name in ours and \
+                        ours[name].prog_id == programs[name]["id"]
+        settings = {name: dict(TypedMap(name, fd).items()) for name, fd in maps.items()
+                    if name in LAYOUTS and name != META_MAP}
+        return {"installed": bool(progs), "pin_dir": pins.pin_dir(bpffs_path),
+                "pins": pins.list_pins(bpffs_path), "cgroup_path": cg, "meta": meta,
+                "programs": programs, "maps": settings}
+    finally:
+        for fd, _ in progs.values():
+            os.close(fd)
+        for fd in maps.values():
+            os.close(fd)

@@ -1,0 +1,102 @@
+"""tc attachments through pyroute2: a clsact qdisc and direct-action bpf filters.
+
+Ownership: each filter's name is "<program>#<prog id>" at our fixed priority, so uninstall can
+find exactly our filters without a state file and check the id against the pinned program.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .catalogue import HOOK_TC_EGRESS, HOOK_TC_INGRESS
+
+TC_PRIO = 49152          # a fixed, high pref number: after filters others add with defaults
+TC_HANDLE = 1
+PARENTS = {HOOK_TC_INGRESS: 0xFFFFFFF2, HOOK_TC_EGRESS: 0xFFFFFFF3}  # clsact ingress/egress
+_NAME_RE = re.compile(r"^(tp_[a-z0-9_]+)#(\d+)$")
+
+
+@dataclass(frozen=True)
+class TcFilter:
+    ifindex: int
+    direction: str        # HOOK_TC_*
+    prio: int
+    handle: int
+    program: str
+    prog_id: int
+
+    def as_record(self) -> dict:
+        return {"ifindex": self.ifindex, "direction": self.direction, "prio": self.prio,
+                "handle": self.handle, "program": self.program, "prog_id": self.prog_id}
+
+
+def _ipr():
+    from pyroute2 import IPRoute
+    return IPRoute()
+
+
+def ifindex(iface: str) -> int:
+    with _ipr() as ipr:
+        found = ipr.link_lookup(ifname=iface)
+    if not found:
+        raise OSError(f"no interface {iface!r} in this network namespace")
+    return found[0]
+
+
+def has_clsact(index: int) -> bool:
+    with _ipr() as ipr:
+        return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=index))
+
+
+def add_clsact(index: int) -> bool:
+    """Adds clsact unless present; True when we created it."""
+    if has_clsact(index):
+        return False
+    with _ipr() as ipr:
+        ipr.tc("add", "clsact", index)
+    return True
+
+
+def del_clsact(index: int) -> None:
+    with _ipr() as ipr:
+        ipr.tc("del", "clsact", index)
+
+
+def add_filter(index: int, direction: str, prog_fd: int, program: str, prog_id: int) -> TcFilter:
+    with _ipr() as ipr:
+        ipr.tc("add-filter", "bpf", index, f":{TC_HANDLE}", fd=prog_fd,
+               name=f"{program}#{prog_id}", parent=PARENTS[direction], classid=1,
+               direct_action=True, prio=TC_PRIO)
+    return TcFilter(index, direction, TC_PRIO, TC_HANDLE, program, prog_id)
+
+
+def del_filter(flt: TcFilter) -> None:
+    with _ipr() as ipr:
+        ipr.tc("del-filter", "bpf", flt.ifindex, flt.handle, parent=PARENTS[flt.direction],
+               prio=flt.prio)
+
+
+def our_filters(index: int) -> list[TcFilter]:
+    """Filters on index whose name carries our tag, in both clsact directions."""
+    found = []
+    with _ipr() as ipr:
+        for direction, parent in PARENTS.items():
+            try:
+                msgs = ipr.get_filters(index=index, parent=parent)
+            except Exception:  # no clsact: pyroute2 raises NetlinkError(EINVAL)
+                continue
+            for msg in msgs:
+                options = msg.get_attr("TCA_OPTIONS")
+                if msg.get_attr("TCA_KIND") != "bpf" or not options:
+                    continue
+                match = _NAME_RE.match(options.get_attr("TCA_BPF_NAME") or "")
+                if match:
+                    prio = (msg["info"] >> 16) & 0xFFFF
+                    found.append(TcFilter(index, direction, prio, msg["handle"],
+                                          match.group(1), int(match.group(2))))
+    return found
+
+
+def all_ifindexes() -> list[int]:
+    with _ipr() as ipr:
+        return [link["index"] for link in ipr.get_links()]

@@ -1,0 +1,130 @@
+"""No-root tests: the catalogue, map layouts against the C structs, plan, amalgamation."""
+import ctypes as ct
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from ebpf_lab import REPO  # noqa: F401  (puts the repo on sys.path)
+
+from ebpf import catalogue, maps
+from ebpf.compile import amalgamate, find_kernel_headers
+from ebpf.errors import HeadersNotFound
+from ebpf.plan import EbpfPlanError, plan
+from ebpf.settings import DEFAULT_SOURCE_PATH, EbpfSettings
+
+SRC = DEFAULT_SOURCE_PATH
+STRUCTS = {
+    "tp_settings": maps.TpSettings, "tp_uid_port_range": maps.TpUidPortRange,
+    "tp_lpm_v4": maps.TpLpmV4, "tp_lpm_v6": maps.TpLpmV6, "tp_orig": maps.TpOrig,
+    "tp_tuple": maps.TpTuple, "tp_in_flow": maps.TpInFlow,
+    "tp_install_meta": maps.TpInstallMeta,
+}
+
+
+def test_catalogue_programs_exist_in_their_source():
+    names = [p.name for p in catalogue.PROGRAMS]
+    assert len(names) == len(set(names))
+    for prog in catalogue.PROGRAMS:
+        assert prog.name.startswith("tp_")
+        text = open(os.path.join(SRC, prog.source)).read()
+        assert f"int {prog.name}(" in text, prog
+        if prog.prog_type in (catalogue.PROG_CGROUP_SOCK_ADDR, catalogue.PROG_CGROUP_SOCKOPT,
+                              catalogue.PROG_SOCK_OPS):
+            assert prog.attach_type in catalogue.ATTACH_TYPE_NAMES
+
+
+def test_every_map_is_declared_once_with_a_why_comment():
+    text = open(os.path.join(SRC, "include", "tp_maps.h")).read()
+    blocks = text.split("/* Why:")[1:]
+    assert len(blocks) == len(catalogue.MAPS) - 4  # v4/v6 pairs share one comment
+    for name in catalogue.MAPS:
+        assert text.count(f"({name},") + text.count(f", {name},") == 1, name
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+def test_ctypes_layouts_match_the_c_structs(tmp_path):
+    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "tp_types.h"', "int main(void){"]
+    for cname, cls in STRUCTS.items():
+        lines.append(f'printf("{cname} size %zu\\n", sizeof(struct {cname}));')
+        for field, _ in cls._fields_:
+            lines.append(f'printf("{cname} {field} %zu\\n", offsetof(struct {cname}, {field}));')
+    lines.append("return 0;}")
+    (tmp_path / "check.c").write_text("\n".join(lines))
+    subprocess.run(["cc", "-I", os.path.join(SRC, "include"), "-o", str(tmp_path / "check"),
+                    str(tmp_path / "check.c")], check=True)
+    out = subprocess.run([str(tmp_path / "check")], capture_output=True, text=True, check=True)
+    for line in out.stdout.splitlines():
+        cname, what, value = line.split()
+        cls = STRUCTS[cname]
+        got = ct.sizeof(cls) if what == "size" else getattr(cls, what).offset
+        assert got == int(value), line
+
+
+def test_layouts_round_trip():
+    lay = maps.LAYOUTS["tp_excl_out_v4"]
+    assert lay.decode_key(lay.encode_key("10.1.2.3/8")) == "10.0.0.0/8"
+    lay = maps.LAYOUTS["tp_instance_v6"]
+    assert lay.decode_key(lay.encode_key("2001:2::1")) == "2001:2::1"
+    lay = maps.LAYOUTS["tp_dns_v4"]
+    assert lay.decode_key(lay.encode_key("198.18.0.2")) == "198.18.0.2"
+    # network byte order, as the kernel compares it
+    assert bytes(lay.encode_key("198.18.0.2")) == bytes([198, 18, 0, 2])
+
+
+def test_plan_is_data_and_renders():
+    s = EbpfSettings(exclude_outbound_cidrs=("198.18.1.0/24", "2001:2::/48"),
+                     exclude_outbound_ports_for_uids=(("tcp", 22, 22, 1000, 2000),),
+                     redirect_dns="servers", dns_servers=("198.18.0.2",), tc_iface="eth0",
+                     instance_ips=("198.18.0.1",), cgroup_path="/sys/fs/cgroup/unified",
+                     bpffs_path="/run/tpctl-bpffs")
+    p = plan(s)
+    entries = {m.map: m.entries for m in p.maps}
+    assert entries["tp_excl_out_v4"] == (("198.18.1.0/24", 1),)
+    assert entries["tp_excl_out_v6"] == (("2001:2::/48", 1),)
+    assert entries["tp_settings"][0][1]["uid_range_count"] == 1
+    order = [a.program for a in p.attachments]
+    assert order[0] == "tp_sk_msg" and order.index("tp_sockops") < order.index("tp_sock4_connect")
+    assert {"tp_tc_ingress", "tp_tc_egress", "tp_sock4_sendmsg"} <= set(order)
+    text = p.render()
+    assert "map tp_excl_out_v4 [198.18.1.0/24] = 1" in text
+    assert "attach tp_tc_ingress tc-ingress eth0" in text
+    assert p.pin_dir == "/run/tpctl-bpffs/tpctl"
+
+
+def test_plan_drops_what_is_off():
+    p = plan(EbpfSettings(redirect_dns="off", tc_iface=None, accel=False))
+    names = {prog.name for prog in p.programs}
+    assert "tp_sk_msg" not in names and "tp_tc_ingress" not in names
+    assert "tp_sock4_sendmsg" not in names and "tp_sock4_connect" in names
+
+
+@pytest.mark.parametrize("bad", [dict(outbound_port=0), dict(redirect_dns="some"),
+                                 dict(exclude_outbound_cidrs=("nope",)),
+                                 dict(exclude_outbound_ports_for_uids=(("icmp", 1, 1, 1, 1),))])
+def test_plan_rejects_bad_settings(bad):
+    with pytest.raises(EbpfPlanError):
+        plan(EbpfSettings(**bad))
+
+
+def test_amalgamation_keeps_file_and_line():
+    text = amalgamate(SRC)
+    assert f'#line 1 "{os.path.realpath(os.path.join(SRC, "tp_connect.c"))}"' in text
+    assert text.count("BPF_ARRAY(tp_settings") == 1  # headers inlined once
+    for prog in catalogue.PROGRAMS:
+        assert f"int {prog.name}(" in text
+
+
+def test_header_discovery_on_a_fake_tree(tmp_path):
+    amd = tmp_path / "src/linux-headers-6.1.0-9-amd64"
+    common = tmp_path / "src/linux-headers-6.1.0-9-common"
+    (amd / "arch/x86/include/generated/uapi").mkdir(parents=True)
+    (amd / "include/generated/uapi").mkdir(parents=True)
+    (common / "include/linux").mkdir(parents=True)
+    (common / "include/linux/kconfig.h").write_text("")
+    h = find_kernel_headers("6.18.0-x", "x86_64", str(tmp_path / "src"), str(tmp_path / "mod"))
+    assert h.env == {"BCC_KERNEL_SOURCE": str(common)}
+    assert f"-I{amd}/arch/x86/include/generated/uapi" in h.cflags
+    with pytest.raises(HeadersNotFound):
+        find_kernel_headers("6.18.0-x", "x86_64", str(tmp_path / "none"), str(tmp_path / "mod"))
