@@ -6,7 +6,7 @@ import hashlib
 from typing import Callable
 
 from engine import firewalld, state, transaction
-from engine.choice import Choice, base_ebpf_checks, choose
+from engine.choice import Choice, choose
 from engine.config import Config
 from engine.iptables import engine as iptables_engine
 from engine.probe import HostFacts, probe
@@ -16,16 +16,9 @@ Say = Callable[[str], None]
 
 
 def ebpf_checks(config: Config, facts: HostFacts) -> list:
-    """Base checks plus the eBPF package's real feature probes, when the package provides them."""
-    checks = base_ebpf_checks(config, facts)
-    try:
-        from ebpf import engine as ebpf_engine
-    except ImportError as err:
-        from engine.choice import Check
+    from engine import ebpf_glue
 
-        return [*checks, Check("ebpf engine", False, f"the ebpf package cannot be imported: {err}",
-                               "reinstall tpctl (make setup)")]
-    return [*checks, *ebpf_engine.feature_checks_for(config, facts)]
+    return ebpf_glue.checks(config, facts)
 
 
 def decide(config: Config) -> tuple[HostFacts, Choice]:
@@ -57,6 +50,12 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
         if previous and previous.get("digest") == digest and not iptables_engine.drift(previous):
             say("tpctl: already installed with this configuration; nothing changed")
             return
+        if previous and previous.get("engine") == "ebpf":
+            from engine import ebpf_glue
+
+            say("# replacing the previous eBPF install")
+            ebpf_glue.uninstall(previous["ebpf"]["bpffs_path"], previous["ebpf"], dry_run=False)
+            previous = None
         record = iptables_engine.InstallRecord(plan.backend)
         recorded = set().union(*iptables_engine.recorded_lines(previous).values())
         steps = iptables_engine.install_steps(config, plan, recorded, record)

@@ -29,11 +29,11 @@ def uninstall(state_dir: str, bpffs_path: str | None, dry_run: bool, say: Say) -
 
 
 def _uninstall_ebpf(record: dict | None, bpffs_path: str | None, dry_run: bool) -> list[str]:
-    ebpf_state = (record or {}).get("ebpf")
-    path = (ebpf_state or {}).get("bpffs_path") or bpffs_path
-    if not path:
-        return []
     from engine import ebpf_glue
+    from engine.options import BY_FIELD
+
+    ebpf_state = (record or {}).get("ebpf")
+    path = (ebpf_state or {}).get("bpffs_path") or bpffs_path or BY_FIELD["ebpf_bpffs_path"].default
 
     return ebpf_glue.uninstall(path, ebpf_state, dry_run)
 

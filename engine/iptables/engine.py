@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from engine import passthrough
 from engine.choice import Choice
 from engine.config import Config
 from engine.iptables import live
@@ -12,9 +13,6 @@ from engine.iptables.builder import FamilyInputs, build_family
 from engine.iptables.rules import FamilyPlan
 from engine.probe import HostFacts
 from engine.transaction import Step
-
-IPV6_PASSTHROUGH = "::6"
-
 
 @dataclass(frozen=True)
 class IptablesPlan:
@@ -152,35 +150,15 @@ def _all_lines(tables: dict, names: set[str]) -> set:
 
 
 def _passthrough_step(record: InstallRecord) -> Step:
-    from pyroute2 import IPRoute
-
     def do():
-        with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname="lo")[0]
-            present = any(a.get_attr("IFA_ADDRESS") == IPV6_PASSTHROUGH for a in ipr.get_addr(index=index, family=10))
-            if not present:
-                ipr.addr("add", index=index, address=IPV6_PASSTHROUGH, prefixlen=128)
-                record.ipv6_passthrough_added = True
+        record.ipv6_passthrough_added = passthrough.add()
 
     def undo():
         if record.ipv6_passthrough_added:
-            remove_passthrough()
+            passthrough.remove()
             record.ipv6_passthrough_added = False
 
     return Step("add ::6/128 to lo (IPv6 inbound passthrough source)", do, undo)
-
-
-def remove_passthrough() -> None:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname="lo")[0]
-        try:
-            ipr.addr("del", index=index, address=IPV6_PASSTHROUGH, prefixlen=128)
-        except NetlinkError as err:
-            if err.code != 99:  # EADDRNOTAVAIL: already gone
-                raise
 
 
 def recorded_lines(state: dict | None) -> dict[int, set]:
@@ -210,7 +188,7 @@ def uninstall(state: dict | None, wait: int = 5, dry_run: bool = False) -> list[
     if engine_state.get("ipv6_passthrough_added"):
         report.append("lo: remove ::6/128")
         if not dry_run:
-            remove_passthrough()
+            passthrough.remove()
     return report
 
 

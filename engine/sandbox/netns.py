@@ -112,12 +112,13 @@ class Sandbox:
     # -- processes ---------------------------------------------------------------------------
     def command(self, ns: str, argv: list[str], uid: int | None = None) -> list[str]:
         """argv run inside `ns` (network namespace only: /sys and the cgroup2 mount stay visible),
-        in the sandbox's cgroup, as `uid` when given."""
+        as `uid` when given. Processes of the app namespace also join the sandbox's cgroup,
+        where the eBPF engine attaches: the server host stays outside, as a remote host would."""
         inner = ["nsenter", f"--net=/run/netns/{ns}", "--"]
         if uid is not None:
             inner += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
         inner += argv
-        if not self.cgroup:
+        if not self.cgroup or ns != self.app:
             return inner
         join = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
         return ["sh", "-c", join, self.cgroup, *inner]

@@ -12,7 +12,17 @@ from engine.sandbox.scenario import Scenario
 ENGINES = {
     "iptables-nft": ["--iptables-backend", "nft"],
     "iptables-legacy": ["--iptables-backend", "legacy"],
+    "ebpf": ["--experimental-transparent-proxy-engine", "--ebpf-enabled", "--no-fallback"],
 }
+
+
+def engine_flags(engine: str, sandbox: Sandbox) -> list[str]:
+    """The flags that select `engine`; eBPF attaches to the sandbox's cgroup, bpffs and veth."""
+    flags = list(ENGINES[engine])
+    if engine == "ebpf":
+        flags += ["--ebpf-cgroup-path", sandbox.cgroup, "--ebpf-bpffs-path", sandbox.mount_bpffs(),
+                  "--ebpf-tc-attach-iface", sandbox.app_if]
+    return flags
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +50,7 @@ def engine(request):
 
 def install_args(engine: str, sandbox: Sandbox, *extra: str) -> list[str]:
     return ["install", "--kuma-dp-user", "5678", "--resolv-conf", sandbox.resolv_conf,
-            "--max-retries", "0", *ENGINES[engine], *extra]
+            "--max-retries", "0", *engine_flags(engine, sandbox), *extra]
 
 
 def install(sandbox: Sandbox, engine: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -10,6 +10,12 @@ from engine.iptables.builder import FamilyInputs, build_family
 from engine.iptables.live import normalize_save, parse_save
 from tests.netns.conftest import ENGINES, add_foreign_rules, install, install_args, snapshot
 
+@pytest.fixture(params=["iptables-legacy", "iptables-nft"])
+def engine(request):
+    """These tests read netfilter tables: the iptables engine's backends (eBPF: test_ebpf_lifecycle)."""
+    return request.param
+
+
 MANY_FLAGS = ["--redirect-all-dns-traffic", "--exclude-outbound-ports", "1,22", "--exclude-inbound-ports", "4444",
               "--exclude-outbound-ips", "10.0.0.1,fd00::/8", "--exclude-inbound-ips", "192.168.0.0/16",
               "--exclude-outbound-ports-for-uids", "53,3000-5000:106-108", "--vnet", "br+:172.18.0.0/16",
@@ -108,7 +114,6 @@ def test_dry_run_prints_the_restore_text_per_family_and_changes_nothing(sandbox)
 def test_the_kernel_reports_our_rules_exactly_as_rendered(sandbox, engine):
     """The text we render (and compare with kumactl's goldens) is what iptables-save prints."""
     from engine import config as config_module
-    from tests.netns.conftest import ENGINES as _  # noqa: F401 - engines named by the fixture
 
     install(sandbox, engine, *MANY_FLAGS)
     saved = sandbox.run(sandbox.app, [f"iptables-{engine.split('-')[1]}-save"]).stdout
