@@ -198,5 +198,15 @@ def status(record: dict) -> tuple[dict, list[str]]:
     summary = {"pin_dir": live.get("pin_dir"), "cgroup": live.get("cgroup_path"),
                "programs": {n: ("attached" if p["attached"] else "not attached" if p["attached"] is False
                                 else "loaded") for n, p in live.get("programs", {}).items()},
-               "settings": live.get("maps", {})}
+               "settings": _non_empty(live.get("maps", {}))}
     return summary, drift
+
+
+def _non_empty(maps: dict) -> dict:
+    """Map contents without empty maps and all-zero array slots (unused uid-range rows)."""
+    out = {}
+    for name, entries in maps.items():
+        kept = {k: v for k, v in entries.items() if not (isinstance(v, dict) and not any(v.values()))}
+        if kept:
+            out[name] = kept
+    return out

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 def _leftovers(sandbox_id: str) -> list[str]:
     found = [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
@@ -20,10 +22,13 @@ def _leftovers(sandbox_id: str) -> list[str]:
     return found
 
 
-def test_demo_shows_redirected_traffic_and_cleans_up():
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--engine", "iptables"],
+@pytest.mark.parametrize("engine, installed", [("auto", "installed the eBPF engine"),
+                                               ("iptables", "installed the iptables engine")])
+def test_demo_shows_redirected_traffic_and_cleans_up(engine, installed):
+    result = subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--engine", engine],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert installed in result.stdout
     assert "'original_dst': '198.18.0.2:9000'" in result.stdout
     assert "'reply_from': '198.18.0.2:53', 'answer': '198.19.255.53'" in result.stdout
     assert "tpctl: not installed" in result.stdout

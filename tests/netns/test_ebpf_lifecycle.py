@@ -1,0 +1,123 @@
+"""The eBPF engine through the CLI: uninstall leaves nothing, rollback, status, fallback."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.netns.conftest import install, install_args
+
+
+def ebpf_view(sandbox) -> dict:
+    """Everything of the eBPF engine the kernel could still hold for this sandbox."""
+    def run(*argv, ns=None):
+        cmd = (["nsenter", f"--net=/run/netns/{ns}"] if ns else []) + list(argv)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+
+    pins = sorted(os.path.relpath(os.path.join(root, name), sandbox.bpffs)
+                  for root, dirs, files in os.walk(sandbox.bpffs) for name in dirs + files) if sandbox.bpffs else []
+    return {
+        "cgroup programs": run("bpftool", "cgroup", "show", sandbox.cgroup),
+        "tc ingress": run("tc", "filter", "show", "dev", sandbox.app_if, "ingress", ns=sandbox.app),
+        "tc egress": run("tc", "filter", "show", "dev", sandbox.app_if, "egress", ns=sandbox.app),
+        "qdiscs": run("tc", "qdisc", "show", "dev", sandbox.app_if, ns=sandbox.app),
+        "bpffs": pins,
+        "lo addresses": run("ip", "-6", "addr", "show", "dev", "lo", ns=sandbox.app),
+    }
+
+
+@pytest.fixture
+def before(sandbox):
+    sandbox.mount_bpffs()
+    return ebpf_view(sandbox)
+
+
+def test_install_attaches_and_uninstall_leaves_nothing(sandbox, before):
+    install(sandbox, "ebpf")
+    during = ebpf_view(sandbox)
+    assert "tp_sock4_connect" in during["cgroup programs"] and "tp_getsockopt" in during["cgroup programs"]
+    assert "tp_tc_ingress" in during["tc ingress"] and "tpctl" in during["bpffs"]
+    result = sandbox.tpctl("uninstall")
+    assert result.returncode == 0, result.stderr
+    assert ebpf_view(sandbox) == before
+
+
+def test_uninstall_from_the_pins_alone_when_the_state_file_is_gone(sandbox, before):
+    install(sandbox, "ebpf")
+    os.unlink(os.path.join(sandbox.state_dir, "state.json"))
+    assert sandbox.tpctl("uninstall", "--ebpf-bpffs-path", sandbox.bpffs).returncode == 0
+    after = ebpf_view(sandbox)
+    assert {k: v for k, v in after.items() if k != "lo addresses"} == \
+           {k: v for k, v in before.items() if k != "lo addresses"}  # ::6 is only removed when recorded
+
+
+@pytest.mark.parametrize("step", ["compile", "attach:tp_sock4_connect", "tc:filter:tp_tc_ingress", "meta"])
+def test_a_failure_at_any_step_rolls_back_to_exactly_before(sandbox, before, step):
+    result = sandbox.tpctl(*install_args("ebpf", sandbox), env={"TPCTL_FAULT_INJECT": step})
+    assert result.returncode == 4, result.stderr
+    assert ebpf_view(sandbox) == before
+    assert not os.path.exists(os.path.join(sandbox.state_dir, "state.json"))
+
+
+def test_status_reads_settings_back_from_the_kernel_and_finds_drift(sandbox, before):
+    install(sandbox, "ebpf", "--exclude-outbound-ports", "9001")
+    result = sandbox.tpctl("status", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["engine"] == "ebpf" and report["drift"] == []
+    assert report["ebpf"]["programs"]["tp_sock4_connect"] == "attached"
+    assert "9001" in json.dumps(report["ebpf"]["settings"])
+    prog_id = report["ebpf"]["programs"] and json.loads(
+        open(os.path.join(sandbox.state_dir, "state.json")).read())["ebpf"]["prog_ids"]["tp_sock4_connect"]
+    subprocess.run(["bpftool", "cgroup", "detach", sandbox.cgroup, "connect4", "id", str(prog_id)], check=True)
+    result = sandbox.tpctl("status")
+    assert result.returncode == 5 and "tp_sock4_connect" in result.stderr
+
+
+def test_dry_run_prints_the_ebpf_plan_and_changes_nothing(sandbox, before):
+    result = sandbox.tpctl(*install_args("ebpf", sandbox, "--dry-run"))
+    assert result.returncode == 0, result.stderr
+    assert "tp_sock4_connect" in result.stdout
+    assert ebpf_view(sandbox) == before
+
+
+def _install_in(sandbox, wrapper: list[str], *extra: str) -> subprocess.CompletedProcess:
+    """tpctl install --ebpf-enabled (with --no-fallback only when `extra` says so), as the
+    sandbox runs it, under an OS-level wrapper (setarch, unshare)."""
+    args = [a for a in install_args("ebpf", sandbox) if a != "--no-fallback"] + list(extra)
+    argv = ["nsenter", f"--net=/run/netns/{sandbox.app}", "--", sys.executable, "-m", "engine.cli", *args]
+    env = {**os.environ, "TPCTL_STATE_DIR": sandbox.state_dir}
+    return subprocess.run([*wrapper, *argv], capture_output=True, text=True, timeout=180, env=env)
+
+
+OLD_KERNEL = ["setarch", "x86_64", "--uname-2.6"]
+NO_HEADERS = ["unshare", "--mount", "--", "sh", "-c",
+              'mount -t tmpfs none /usr/src && mount -t tmpfs none /lib/modules && exec "$@"', "sh"]
+NO_CGROUP2 = ["unshare", "--mount", "--", "sh", "-c",
+              'for m in $(awk \'$3=="cgroup2"{print $2}\' /proc/mounts); do umount -l "$m"; done; exec "$@"', "sh"]
+
+
+@pytest.mark.parametrize("wrapper, check", [(OLD_KERNEL, "kernel"), (NO_HEADERS, "headers"),
+                                            (NO_CGROUP2, "cgroup2")], ids=["old-kernel", "no-headers", "no-cgroup2"])
+def test_a_failed_check_falls_back_to_iptables_saying_why(sandbox, before, wrapper, check):
+    extra = ["--ebpf-cgroup-path", "auto"] if wrapper is NO_CGROUP2 else []
+    result = _install_in(sandbox, wrapper, *extra)
+    assert result.returncode == 0, result.stderr
+    assert "falling back to iptables" in result.stderr and f"{check}" in result.stderr
+    assert json.loads(sandbox.tpctl("status", "--json").stdout)["engine"] == "iptables"
+    assert sandbox.tpctl("uninstall").returncode == 0
+    result_no_fallback = _install_in(sandbox, wrapper, *extra, "--no-fallback")
+    assert result_no_fallback.returncode == 3, result_no_fallback.stderr
+    assert check in result_no_fallback.stderr
+    assert ebpf_view(sandbox) == before and not os.path.exists(os.path.join(sandbox.state_dir, "state.json"))
+
+
+def test_a_flag_ebpf_cannot_honour_falls_back_instead_of_being_ignored(sandbox, before):
+    result = sandbox.tpctl(*install_args("ebpf", sandbox, "--vnet", "br+:172.18.0.0/16"))
+    assert result.returncode == 3 and "--vnet" in result.stderr  # install_args carries --no-fallback
+    flags = [a for a in install_args("ebpf", sandbox, "--vnet", "br+:172.18.0.0/16") if a != "--no-fallback"]
+    result = sandbox.tpctl(*flags)
+    assert result.returncode == 0 and "falling back to iptables" in result.stderr and "--vnet" in result.stderr
