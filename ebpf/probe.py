@@ -5,7 +5,6 @@ import os
 import platform
 import re
 import tempfile
-from dataclasses import dataclass
 from functools import lru_cache
 
 from . import libbpf
@@ -15,17 +14,11 @@ from .cgroup import cgroup2_mount, is_cgroup2_dir
 from .compile import find_kernel_headers
 from .errors import HeadersNotFound
 from .pins import is_bpffs, mount_bpffs, umount
+from engine.choice import Check  # one Check type for the pipeline and these probes
 
 MIN_KERNEL = (5, 7)
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str
-    required: bool = True
 
 
 def kernel_version(release: str | None = None) -> tuple[int, int]:

@@ -12,10 +12,13 @@ MIN_EBPF_KERNEL = (5, 7)
 
 @dataclass(frozen=True)
 class Check:
+    """One eBPF precondition and its result; `required=False` ones may fail without fallback."""
+
     name: str
     ok: bool
     detail: str
     fix: str = ""
+    required: bool = True
 
     def line(self) -> str:
         mark = "ok  " if self.ok else "FAIL"
@@ -82,7 +85,7 @@ def choose(config: Config, facts: HostFacts, ebpf_checks: list[Check] | None = N
     checks: tuple[Check, ...] = ()
     if config.ebpf_enabled:
         checks = tuple(ebpf_checks if ebpf_checks is not None else base_ebpf_checks(config, facts))
-        failed = [c for c in checks if not c.ok]
+        failed = [c for c in checks if not c.ok and c.required]
         if not failed:
             return Choice("ebpf", None, fams, ("--ebpf-enabled and every eBPF check passed", *reasons), checks)
         if config.no_fallback:

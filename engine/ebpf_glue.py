@@ -104,10 +104,7 @@ def checks(config: Config, facts: HostFacts) -> list[Check]:
     if config.ebpf_programs_source_path and not os.path.isdir(config.ebpf_programs_source_path):
         result.append(Check("programs source", False, f"{config.ebpf_programs_source_path} is not a directory",
                             "point --ebpf-programs-source-path at a bpf_src directory"))
-    for check in ebpf_engine.feature_checks(settings):
-        if getattr(check, "required", True) or check.ok:
-            result.append(Check(check.name, check.ok, check.detail, check.fix))
-    return result
+    return result + list(ebpf_engine.feature_checks(settings))
 
 
 def notes(config: Config) -> list[str]:

@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 
-from engine.sandbox.sidecar import dns_answer
+from engine.sandbox.sidecar import dns_answer, listen_tcp
 
 TIMEOUT = 5.0
 
@@ -29,12 +29,7 @@ def greeter(port: int) -> None:
             conn.sendall(f"hello from {local[0]}:{local[1]} to {peer[0]}:{peer[1]}\n".encode())
 
     def serve(family: int) -> None:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
-        sock.listen(128)
+        sock = listen_tcp(port, family)
         while True:
             conn, _ = sock.accept()
             threading.Thread(target=answer, args=(conn,), daemon=True).start()

@@ -88,13 +88,20 @@ def handle(conn: socket.socket, listener: str) -> None:
     upstream.close()
 
 
-def serve_tcp(port: int, listener: str, family: int) -> None:
+def listen_tcp(port: int, family: int) -> socket.socket:
+    """A listener on every address of one family (IPv6 only on the IPv6 socket, so that the
+    IPv4 one gets IPv4 connections with IPv4 original destinations)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
     sock.listen(128)
+    return sock
+
+
+def serve_tcp(port: int, listener: str, family: int) -> None:
+    sock = listen_tcp(port, family)
     while True:
         conn, _ = sock.accept()
         threading.Thread(target=handle, args=(conn, listener), daemon=True).start()

@@ -68,3 +68,8 @@ def test_old_kernel_and_missing_cgroup2_fail_the_base_checks():
     choice = choose(config(ebpf_enabled=True), facts(release="2.6.32", cgroup2=None))
     assert choice.engine == "iptables"
     assert "kernel" in choice.reasons[0] and "cgroup2" in choice.reasons[0]
+
+
+def test_an_optional_check_that_fails_does_not_cause_fallback():
+    checks = [Check("kernel", True, "6.1"), Check("prog:getpeername", False, "EINVAL", "kernel >= 5.8", required=False)]
+    assert choose(config(ebpf_enabled=True), facts(), checks).engine == "ebpf"
