@@ -5,17 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 
+from engine.probe import mounts_of_type
+
 from . import libbpf
 
 
 def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """The cgroup2 mount point (hybrid hosts: /sys/fs/cgroup/unified)."""
-    with open(mountinfo) as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if right.split()[:1] == ["cgroup2"]:
-                return left.split()[4]
-    return None
+    return next(iter(mounts_of_type("cgroup2", mountinfo)), None)
 
 
 def is_cgroup2_dir(path: str) -> bool:

@@ -5,7 +5,7 @@ import os
 
 from . import cgroup, libbpf, pins, tc
 from .catalogue import (ATTACH_SK_MSG_VERDICT, ATTACH_TYPE_NAMES, HOOK_CGROUP, HOOK_SK_MSG,
-                        HOOK_TC_EGRESS, HOOK_TC_INGRESS, MAPS, META_MAP, PROGRAMS, SOCKHASH_MAP,
+                        MAPS, META_MAP, PROGRAMS, SOCKHASH_MAP,
                         map_pin_name)
 from .compile import compile_object
 from .errors import EbpfApplyError, EbpfError, EbpfLoadError

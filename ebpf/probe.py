@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import tempfile
 from functools import lru_cache
 
@@ -15,15 +14,11 @@ from .compile import find_kernel_headers
 from .errors import HeadersNotFound
 from .pins import is_bpffs, mount_bpffs, umount
 from engine.choice import Check  # one Check type for the pipeline and these probes
+from engine.probe import kernel_version
 
 MIN_KERNEL = (5, 7)
 
 
-
-
-def kernel_version(release: str | None = None) -> tuple[int, int]:
-    match = re.match(r"(\d+)\.(\d+)", release or platform.release())
-    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
 def check_kernel() -> Check:

@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from engine import config as config_module
 from engine import state
-from engine.errors import ConfigError, DriftFound
+from engine.errors import DriftFound
 from engine.options import INSTALL_OPTIONS, OptionSpec
 
 

@@ -1,7 +1,6 @@
 """Processes for the netns tests: echo servers, a fake DNS server, a tiny sidecar that reads
 SO_ORIGINAL_DST and proxies, and clients that print JSON. Every loop is bounded in time."""
 import json
-import os
 import select
 import socket
 import struct
