@@ -121,3 +121,16 @@ def test_a_flag_ebpf_cannot_honour_falls_back_instead_of_being_ignored(sandbox, 
     flags = [a for a in install_args("ebpf", sandbox, "--vnet", "br+:172.18.0.0/16") if a != "--no-fallback"]
     result = sandbox.tpctl(*flags)
     assert result.returncode == 0 and "falling back to iptables" in result.stderr and "--vnet" in result.stderr
+
+
+def test_programs_source_path_compiles_another_bpf_src_and_a_missing_one_is_a_failed_check(sandbox, before):
+    import shutil
+
+    copy = os.path.join(sandbox.tmp, "my_bpf_src")
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "..", "..", "bpf_src"), copy)
+    install(sandbox, "ebpf", "--ebpf-programs-source-path", copy)
+    assert "tp_sock4_connect" in ebpf_view(sandbox)["cgroup programs"]
+    assert sandbox.tpctl("uninstall").returncode == 0
+    result = sandbox.tpctl(*install_args("ebpf", sandbox, "--ebpf-programs-source-path", copy + "-missing"))
+    assert result.returncode == 3 and "programs source" in result.stderr
+    assert ebpf_view(sandbox) == before

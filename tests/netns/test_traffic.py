@@ -97,3 +97,11 @@ def test_app_to_localhost_is_untouched(scene, sandbox, engine):
     install(sandbox, engine)
     assert scene.outbound("127.0.0.1", 8080)["reply"].startswith("hello from 127.0.0.1:8080 to 127.0.0.1:")
     assert scene.connections("outbound") == []
+
+
+def test_the_proxy_reaching_its_own_instance_ip_goes_to_the_inbound_port(scene, sandbox, engine):
+    """As Kuma: the proxy's own connection to the instance address lands on its inbound port."""
+    install(sandbox, engine)
+    reply = scene.outbound(APP_V4, 8080, uid=5678)
+    assert reply["reply"].startswith(f"hello from {APP_V4}:8080 to 127.0.0.6:"), reply
+    assert [c["original_dst"] for c in scene.connections("inbound")] == [f"{APP_V4}:8080"]
