@@ -57,7 +57,7 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
             ebpf_glue.uninstall(previous["ebpf"]["bpffs_path"], previous["ebpf"], dry_run=False)
             previous = None
         record = iptables_engine.InstallRecord(plan.backend)
-        recorded = set().union(*iptables_engine.recorded_lines(previous).values())
+        recorded = iptables_engine.recorded_lines(previous)
         steps = iptables_engine.install_steps(config, plan, recorded, record)
         if config.store_firewalld:
             steps.append(_firewalld_step(plan))

@@ -12,19 +12,24 @@ Say = Callable[[str], None]
 
 def uninstall(state_dir: str, bpffs_path: str | None, dry_run: bool, say: Say) -> list[str]:
     """Remove what install made: from State when there is one, by ownership tags always."""
+    if dry_run:  # read only: not even the state directory is created
+        return _uninstall(state.load(state_dir), bpffs_path, True, say)
     with state.locked(state_dir):
-        record = state.load(state_dir)
-        if record is None:
-            say("# no state file: finding tpctl objects by their tags (TPCTL_ chains, tpctl/ comments, "
-                "pins under <bpffs>/tpctl)")
-        removed = iptables_engine.uninstall(record, dry_run=dry_run)
-        removed += _uninstall_ebpf(record, bpffs_path, dry_run)
-        if (record or {}).get("iptables", {}).get("firewalld") or record is None:
-            path = None if dry_run else firewalld.remove_ours()
-            if path:
-                removed.append(f"{path}: tpctl entries")
-        if not dry_run:
-            state.remove(state_dir)
+        removed = _uninstall(state.load(state_dir), bpffs_path, False, say)
+        state.remove(state_dir)
+    return removed
+
+
+def _uninstall(record: dict | None, bpffs_path: str | None, dry_run: bool, say: Say) -> list[str]:
+    if record is None:
+        say("# no state file: finding tpctl objects by their tags (TPCTL_ chains, tpctl/ comments, "
+            "pins under <bpffs>/tpctl)")
+    removed = iptables_engine.uninstall(record, dry_run=dry_run)
+    removed += _uninstall_ebpf(record, bpffs_path, dry_run)
+    if (record or {}).get("iptables", {}).get("firewalld") or record is None:
+        path = None if dry_run else firewalld.remove_ours()
+        if path:
+            removed.append(f"{path}: tpctl entries")
     return removed
 
 

@@ -79,15 +79,15 @@ def _retrying(action, retries: int, pause: float):
             time.sleep(pause)
 
 
-def install_steps(config: Config, the_plan: IptablesPlan, recorded: set, record: InstallRecord,
-                  log=print) -> list[Step]:
-    """Steps that replace any earlier tpctl rules (in either backend) with the plan's."""
+def install_steps(config: Config, the_plan: IptablesPlan, recorded: dict[int, set], record: InstallRecord) -> list[Step]:
+    """Steps that replace any earlier tpctl rules (in either backend) with the plan's.
+    `recorded`: the previous install's rule texts per family (see recorded_lines)."""
     backend = make_backend(the_plan.backend, config.wait, parse_executables(config.iptables_executables))
     steps: list[Step] = []
     for other in available_backends(config.wait):
         for family in (4, 6):
             try:
-                owned = live.find_owned(live.parse_save(other.save(family)), recorded)
+                owned = live.find_owned(live.parse_save(other.save(family)), recorded[family])
             except BackendError:
                 continue
             if owned:

@@ -164,3 +164,12 @@ def test_store_firewalld_writes_direct_rules_and_uninstall_removes_only_ours(san
     assert sandbox.tpctl("uninstall", env=env).returncode == 0
     text = open(path).read()
     assert "TPCTL" not in text and "tpctl/" not in text and "--dport 22 -j ACCEPT" in text
+
+
+def test_uninstall_dry_run_lists_and_changes_nothing(sandbox, engine):
+    install(sandbox, engine)
+    during = snapshot(sandbox)
+    result = sandbox.tpctl("uninstall", "--dry-run")
+    assert result.returncode == 0 and "would remove: " in result.stdout and "-X TPCTL_OUTBOUND" in result.stdout
+    assert snapshot(sandbox) == during
+    assert os.path.exists(os.path.join(sandbox.state_dir, "state.json"))
