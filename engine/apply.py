@@ -1,7 +1,6 @@
 """install: Config -> HostFacts -> Choice -> Plan -> a transaction of steps -> State."""
 from __future__ import annotations
 
-import datetime
 import hashlib
 from typing import Callable
 
@@ -62,14 +61,11 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
         if config.store_firewalld:
             steps.append(_firewalld_step(plan))
         done = transaction.run(steps, say if config.verbose else (lambda _m: None))
-        state.save(state_dir, {
-            "engine": "iptables", "digest": digest, "steps": done,
-            "installed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "choice": choice.to_json(), "config": config.as_dict(),
-            "iptables": {"backend": record.backend, "rules": record.rules, "chains": record.chains,
-                         "ipv6_passthrough_added": record.ipv6_passthrough_added,
-                         "firewalld": config.store_firewalld},
-        })
+        state.save(state_dir, state.install_record(
+            "iptables", digest, choice.to_json(), config.as_dict(), steps=done,
+            iptables={"backend": record.backend, "rules": record.rules, "chains": record.chains,
+                      "ipv6_passthrough_added": record.ipv6_passthrough_added,
+                      "firewalld": config.store_firewalld}))
     say(f"tpctl: installed the iptables engine ({plan.backend} backend, "
         f"{', '.join(f.label for f in plan.families)})")
 

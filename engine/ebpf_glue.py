@@ -6,7 +6,6 @@ falls back to iptables (or exits 3 with --no-fallback) instead of ignoring the f
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
 import os
 from typing import Callable
@@ -140,11 +139,8 @@ def install(config: Config, facts: HostFacts, choice: Choice, state_dir: str, sa
                 raise ApplyFailed(f"eBPF install failed and was rolled back: {err}") from err
             raise
         record["ipv6_passthrough_added"] = added
-        state.save(state_dir, {
-            "engine": "ebpf", "digest": digest,
-            "installed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "choice": choice.to_json(), "config": config.as_dict(), "ebpf": record,
-        })
+        state.save(state_dir, state.install_record("ebpf", digest, choice.to_json(), config.as_dict(),
+                                                   ebpf=record))
     skipped = ", ".join(s["program"] for s in record.get("skipped", []))
     say(f"tpctl: installed the eBPF engine ({len(record['prog_ids'])} programs, cgroup {settings.cgroup_path}, "
         f"tc on {settings.tc_iface})" + (f"; optional programs not loaded: {skipped}" if skipped else ""))

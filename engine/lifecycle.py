@@ -5,7 +5,6 @@ from typing import Callable
 
 from engine import firewalld, state
 from engine.iptables import engine as iptables_engine
-from engine.iptables import live
 
 Say = Callable[[str], None]
 
@@ -71,12 +70,5 @@ def status(state_dir: str, bpffs_path: str | None) -> dict:
 
 
 def _tagged_leftovers() -> list[str]:
-    found = []
-    for backend in iptables_engine.available_backends(5):
-        for family in (4, 6):
-            try:
-                owned = live.find_owned(live.parse_save(backend.save(family)))
-            except iptables_engine.BackendError:
-                continue
-            found += [f"{backend.name} IPv{family} chain {c}" for _t, c, _r in owned.chains]
-    return found
+    return [f"{backend.name} IPv{family} chain {c}"
+            for backend, family, owned in iptables_engine.owned_everywhere(5) for _t, c, _r in owned.chains]

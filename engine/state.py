@@ -8,6 +8,7 @@ ownership tag, so both still work when the file is gone.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import json
 import os
@@ -41,6 +42,13 @@ def load(directory: str) -> dict | None:
     except (OSError, ValueError):
         return None  # unreadable: uninstall falls back to ownership tags
     return record if record.get("version") == VERSION else None
+
+
+def install_record(engine: str, digest: str, choice: dict, config: dict, **engine_parts) -> dict:
+    """The record every install writes: which engine, for which plan (digest), when and why."""
+    return {"engine": engine, "digest": digest, "choice": choice, "config": config,
+            "installed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **engine_parts}
 
 
 def save(directory: str, record: dict) -> None:

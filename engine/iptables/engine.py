@@ -84,14 +84,8 @@ def install_steps(config: Config, the_plan: IptablesPlan, recorded: dict[int, se
     `recorded`: the previous install's rule texts per family (see recorded_lines)."""
     backend = make_backend(the_plan.backend, config.wait, parse_executables(config.iptables_executables))
     steps: list[Step] = []
-    for other in available_backends(config.wait):
-        for family in (4, 6):
-            try:
-                owned = live.find_owned(live.parse_save(other.save(family)), recorded[family])
-            except BackendError:
-                continue
-            if owned:
-                steps.append(_replace_previous(other, family, owned))
+    for other, family, owned in owned_everywhere(config.wait, recorded):
+        steps.append(_replace_previous(other, family, owned))
     if the_plan.ipv6_passthrough:
         steps.append(_passthrough_step(record))
     for fam_plan in the_plan.families:
@@ -110,6 +104,18 @@ def available_backends(wait: int) -> list[Backend]:
             continue
         found.append(backend)
     return found
+
+
+def owned_everywhere(wait: int, recorded: dict[int, set] | None = None):
+    """Yield (backend, family, our objects) wherever tpctl objects exist, in both backends."""
+    for backend in available_backends(wait):
+        for family in (4, 6):
+            try:
+                owned = live.find_owned(live.parse_save(backend.save(family)), (recorded or {}).get(family, set()))
+            except BackendError:
+                continue
+            if owned:
+                yield backend, family, owned
 
 
 def _replace_previous(backend: Backend, family: int, owned: live.Owned) -> Step:
@@ -172,18 +178,11 @@ def uninstall(state: dict | None, wait: int = 5, dry_run: bool = False) -> list[
     """Remove our rules and chains from every backend and family; return what was removed."""
     recorded = recorded_lines(state)
     report = []
-    for backend in available_backends(wait):
-        for family in (4, 6):
-            try:
-                owned = live.find_owned(live.parse_save(backend.save(family)), recorded[family])
-            except BackendError:
-                continue
-            if not owned:
-                continue
-            report += [f"{backend.name} IPv{family} {t}: -D {c} {s}" for t, c, _i, s in owned.rules]
-            report += [f"{backend.name} IPv{family} {t}: -X {c}" for t, c, _r in owned.chains]
-            if not dry_run:
-                backend.restore(family, live.removal_script(owned))
+    for backend, family, owned in owned_everywhere(wait, recorded):
+        report += [f"{backend.name} IPv{family} {t}: -D {c} {s}" for t, c, _i, s in owned.rules]
+        report += [f"{backend.name} IPv{family} {t}: -X {c}" for t, c, _r in owned.chains]
+        if not dry_run:
+            backend.restore(family, live.removal_script(owned))
     engine_state = (state or {}).get("iptables", {})
     if engine_state.get("ipv6_passthrough_added"):
         report.append("lo: remove ::6/128")
