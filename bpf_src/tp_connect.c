@@ -20,21 +20,15 @@ int tp_sock4_connect(struct bpf_sock_addr *ctx)
 	if (!s)
 		return 1;
 	if (ctx->type == TP_SOCK_DGRAM) {
-		if (tp_dns_redirect_v4(s, dst, port, uid)) {
-			tp_remember_v4(ctx, dst, port_be);
-			ctx->user_ip4 = bpf_htonl(0x7f000001);
-			ctx->user_port = bpf_htons(s->dns_port);
-		}
+		if (tp_dns_redirect_v4(s, dst, port, uid))
+			tp_to_proxy_v4(ctx, dst, port_be, s->dns_port);
 		return 1;
 	}
 	if (ctx->type != TP_SOCK_STREAM || !sk)
 		return 1;
 	target = tp_tcp_target_v4(s, dst, port, uid, sk->src_ip4);
-	if (!target)
-		return 1;
-	tp_remember_v4(ctx, dst, port_be);
-	ctx->user_ip4 = bpf_htonl(0x7f000001);
-	ctx->user_port = bpf_htons(target);
+	if (target)
+		tp_to_proxy_v4(ctx, dst, port_be, target);
 	return 1;
 }
 
@@ -50,10 +44,7 @@ int tp_sock6_connect(struct bpf_sock_addr *ctx)
 
 	if (!s || !sk)
 		return 1;
-	dst[0] = ctx->user_ip6[0];
-	dst[1] = ctx->user_ip6[1];
-	dst[2] = ctx->user_ip6[2];
-	dst[3] = ctx->user_ip6[3];
+	tp_user_ip6(ctx, dst);
 
 	if (tp_is_v4mapped(dst)) {
 		/* An IPv6 socket talking IPv4 follows the IPv4 rules; the proxy's 127.0.0.1
@@ -67,11 +58,8 @@ int tp_sock6_connect(struct bpf_sock_addr *ctx)
 		} else {
 			return 1;
 		}
-		if (!target)
-			return 1;
-		tp_remember_v4(ctx, dst[3], port_be);
-		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
-		ctx->user_port = bpf_htons(target);
+		if (target)
+			tp_to_proxy_v4mapped(ctx, dst[3], port_be, target);
 		return 1;
 	}
 
@@ -90,13 +78,7 @@ int tp_sock6_connect(struct bpf_sock_addr *ctx)
 	} else {
 		return 1;
 	}
-	if (!target)
-		return 1;
-	tp_remember_v6(ctx, dst, port_be);
-	ctx->user_ip6[0] = 0;
-	ctx->user_ip6[1] = 0;
-	ctx->user_ip6[2] = 0;
-	ctx->user_ip6[3] = bpf_htonl(1);
-	ctx->user_port = bpf_htons(target);
+	if (target)
+		tp_to_proxy_v6(ctx, dst, port_be, target);
 	return 1;
 }

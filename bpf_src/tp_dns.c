@@ -14,11 +14,8 @@ int tp_sock4_sendmsg(struct bpf_sock_addr *ctx)
 
 	if (!s || ctx->type != TP_SOCK_DGRAM)
 		return 1;
-	if (!tp_dns_redirect_v4(s, dst, bpf_ntohs(port_be), tp_uid()))
-		return 1;
-	tp_remember_v4(ctx, dst, port_be);
-	ctx->user_ip4 = bpf_htonl(0x7f000001);
-	ctx->user_port = bpf_htons(s->dns_port);
+	if (tp_dns_redirect_v4(s, dst, bpf_ntohs(port_be), tp_uid()))
+		tp_to_proxy_v4(ctx, dst, port_be, s->dns_port);
 	return 1;
 }
 
@@ -32,25 +29,13 @@ int tp_sock6_sendmsg(struct bpf_sock_addr *ctx)
 
 	if (!s || ctx->type != TP_SOCK_DGRAM)
 		return 1;
-	dst[0] = ctx->user_ip6[0];
-	dst[1] = ctx->user_ip6[1];
-	dst[2] = ctx->user_ip6[2];
-	dst[3] = ctx->user_ip6[3];
+	tp_user_ip6(ctx, dst);
 	if (tp_is_v4mapped(dst)) {
-		if (!tp_dns_redirect_v4(s, dst[3], port, uid))
-			return 1;
-		tp_remember_v4(ctx, dst[3], port_be);
-		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
-	} else {
-		if (!tp_dns_redirect_v6(s, dst, port, uid))
-			return 1;
-		tp_remember_v6(ctx, dst, port_be);
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = 0;
-		ctx->user_ip6[3] = bpf_htonl(1);
+		if (tp_dns_redirect_v4(s, dst[3], port, uid))
+			tp_to_proxy_v4mapped(ctx, dst[3], port_be, s->dns_port);
+	} else if (tp_dns_redirect_v6(s, dst, port, uid)) {
+		tp_to_proxy_v6(ctx, dst, port_be, s->dns_port);
 	}
-	ctx->user_port = bpf_htons(s->dns_port);
 	return 1;
 }
 
@@ -81,10 +66,7 @@ int tp_sock6_recvmsg(struct bpf_sock_addr *ctx)
 
 	if (!s || (__u16)ctx->user_port != bpf_htons(s->dns_port))
 		return 1;
-	src[0] = ctx->user_ip6[0];
-	src[1] = ctx->user_ip6[1];
-	src[2] = ctx->user_ip6[2];
-	src[3] = ctx->user_ip6[3];
+	tp_user_ip6(ctx, src);
 	cookie = bpf_get_socket_cookie(ctx);
 	orig = tp_cookie_orig.lookup(&cookie);
 	if (!orig)

@@ -30,6 +30,47 @@ static __always_inline void tp_remember_v6(void *ctx, const __u32 *a, __u16 port
 	tp_cookie_orig.update(&cookie, &orig);
 }
 
+/* The socket's destination address as the app gave it (IPv6 hooks; ::ffff:a.b.c.d for IPv4). */
+static __always_inline void tp_user_ip6(const struct bpf_sock_addr *ctx, __u32 *dst)
+{
+	dst[0] = ctx->user_ip6[0];
+	dst[1] = ctx->user_ip6[1];
+	dst[2] = ctx->user_ip6[2];
+	dst[3] = ctx->user_ip6[3];
+}
+
+/*
+ * Send the socket to the proxy's local `target` port instead, remembering by cookie where it
+ * was going (for sockops, getsockopt, getpeername and recvmsg).
+ */
+static __always_inline void tp_to_proxy_v4(struct bpf_sock_addr *ctx, __u32 dst_be, __u16 port_be,
+					   __u16 target)
+{
+	tp_remember_v4(ctx, dst_be, port_be);
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(target);
+}
+
+/* An IPv6 socket talking IPv4: the proxy's 127.0.0.1 listener is reached as ::ffff:127.0.0.1. */
+static __always_inline void tp_to_proxy_v4mapped(struct bpf_sock_addr *ctx, __u32 dst_be, __u16 port_be,
+						 __u16 target)
+{
+	tp_remember_v4(ctx, dst_be, port_be);
+	ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(target);
+}
+
+static __always_inline void tp_to_proxy_v6(struct bpf_sock_addr *ctx, const __u32 *dst, __u16 port_be,
+					   __u16 target)
+{
+	tp_remember_v6(ctx, dst, port_be);
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = 0;
+	ctx->user_ip6[3] = bpf_htonl(1);
+	ctx->user_port = bpf_htons(target);
+}
+
 /*
  * TCP to dst:port (IPv4) from uid, socket bound to src: returns the local port to send it to,
  * or 0 to leave it alone. Order follows Kuma's KUMA_MESH_OUTBOUND chain.
