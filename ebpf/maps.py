@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 from . import libbpf
 
 MAX_UID_RANGES = 16
+MAX_CIDRS = 65536  # TP_MAX_CIDRS in bpf_src/include/tp_types.h, per address family
 DNS_MODES = {"off": 0, "servers": 1, "all": 2}
 PROTOS = {"tcp": 6, "udp": 17}
 

@@ -8,7 +8,7 @@ from typing import Any
 from .catalogue import (ATTACH_TYPE_NAMES, HOOK_CGROUP, HOOK_SK_MSG, HOOK_TC_EGRESS,
                         HOOK_TC_INGRESS, PROGRAMS, SOCKHASH_MAP, Program)
 from .errors import EbpfError
-from .maps import DNS_MODES, MAX_UID_RANGES, PROTOS
+from .maps import DNS_MODES, MAX_CIDRS, MAX_UID_RANGES, PROTOS
 from .pins import pin_dir
 from .settings import EbpfSettings
 
@@ -77,6 +77,8 @@ def _cidrs(name: str, cidrs: tuple[str, ...], version: int) -> tuple[tuple[str, 
             raise EbpfPlanError(f"{name}: {exc}") from exc
         if net.version == version:
             out.append((str(net), 1))
+    if len(out) > MAX_CIDRS:
+        raise EbpfPlanError(f"{name}: {len(out)} IPv{version} CIDRs, the eBPF map holds at most {MAX_CIDRS}")
     return tuple(out)
 
 

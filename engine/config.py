@@ -55,6 +55,7 @@ class Config:
     ebpf_bpffs_path: str
     ebpf_cgroup_path: str
     ebpf_tc_attach_iface: str | None
+    ebpf_sk_msg_accel: bool
     no_fallback: bool
     iptables_backend: str
     resolv_conf: str

@@ -33,6 +33,13 @@ NO_EFFECT = {
     "redirect_outbound_insert_instead_of_append": "there is no rule order with eBPF",
 }
 
+# EbpfSettings field -> the flag it comes from, so plan errors name what the user typed
+SETTING_FLAGS = {
+    "exclude_outbound_cidrs": "--exclude-outbound-ips", "exclude_inbound_cidrs": "--exclude-inbound-ips",
+    "exclude_outbound_ports": "--exclude-outbound-ports", "exclude_inbound_ports": "--exclude-inbound-ports",
+    "exclude_outbound_ports_for_uids": "--exclude-outbound-ports-for-uids",
+}
+
 
 def tc_interface(config: Config, facts: HostFacts) -> dict | None:
     """--ebpf-tc-attach-iface, else the first up non-loopback interface with an address."""
@@ -73,6 +80,7 @@ def settings_from(config: Config, facts: HostFacts, families: tuple[int, ...]):
         cgroup_path=facts.cgroup2_mount if config.ebpf_cgroup_path == "auto" else config.ebpf_cgroup_path,
         bpffs_path=config.ebpf_bpffs_path,
         programs_source_path=config.ebpf_programs_source_path or DEFAULT_SOURCE_PATH,
+        accel=config.ebpf_sk_msg_accel,
     )
 
 
@@ -100,6 +108,13 @@ def checks(config: Config, facts: HostFacts) -> list[Check]:
                             "give an existing cgroup2 directory"))
         return result
     settings = settings_from(config, facts, (4,))
+    try:  # lists longer than the maps hold: a reason to use iptables, not a crash at install
+        ebpf_engine.plan(settings_from(config, facts, (4, 6)))
+    except ebpf_engine.EbpfPlanError as err:
+        name, _, detail = str(err).partition(": ")
+        flag = SETTING_FLAGS.get(name)
+        result.append(Check("eBPF maps", False, f"{flag}: {detail}" if flag else str(err),
+                            "shorten the list, or use the iptables engine"))
     if config.ebpf_programs_source_path and not os.path.isdir(config.ebpf_programs_source_path):
         result.append(Check("programs source", False, f"{config.ebpf_programs_source_path} is not a directory",
                             "point --ebpf-programs-source-path at a bpf_src directory"))

@@ -11,19 +11,21 @@
 /* Why: one compiled object serves every config; user space writes the ports/uid/flags here. */
 BPF_ARRAY(tp_settings, struct tp_settings, 1);
 
-/* Why: --exclude-outbound-ports must be checked per connect without recompiling. */
-BPF_HASH(tp_excl_out_ports, __u16, __u8, 1024);
+/* Why: --exclude-outbound-ports must be checked per connect without recompiling. Room for every
+ * port; BPF_F_NO_PREALLOC so the kernel allocates only the entries written, not 65535 up front. */
+BPF_F_TABLE("hash", __u16, __u8, tp_excl_out_ports, TP_MAX_PORTS, BPF_F_NO_PREALLOC);
 
 /* Why: --exclude-inbound-ports, checked by tc ingress on the first SYN. */
-BPF_HASH(tp_excl_in_ports, __u16, __u8, 1024);
+BPF_F_TABLE("hash", __u16, __u8, tp_excl_in_ports, TP_MAX_PORTS, BPF_F_NO_PREALLOC);
 
-/* Why: --exclude-outbound-ips takes CIDRs; an LPM trie answers "inside any prefix" in one lookup. */
-BPF_LPM_TRIE(tp_excl_out_v4, struct tp_lpm_v4, __u8, 1024);
-BPF_LPM_TRIE(tp_excl_out_v6, struct tp_lpm_v6, __u8, 1024);
+/* Why: --exclude-outbound-ips takes CIDRs; an LPM trie answers "inside any prefix" in one lookup.
+ * Tries are never preallocated, so a large TP_MAX_CIDRS costs nothing until used. */
+BPF_LPM_TRIE(tp_excl_out_v4, struct tp_lpm_v4, __u8, TP_MAX_CIDRS);
+BPF_LPM_TRIE(tp_excl_out_v6, struct tp_lpm_v6, __u8, TP_MAX_CIDRS);
 
 /* Why: --exclude-inbound-ips matches the source of inbound SYNs, also by prefix. */
-BPF_LPM_TRIE(tp_excl_in_v4, struct tp_lpm_v4, __u8, 1024);
-BPF_LPM_TRIE(tp_excl_in_v6, struct tp_lpm_v6, __u8, 1024);
+BPF_LPM_TRIE(tp_excl_in_v4, struct tp_lpm_v4, __u8, TP_MAX_CIDRS);
+BPF_LPM_TRIE(tp_excl_in_v6, struct tp_lpm_v6, __u8, TP_MAX_CIDRS);
 
 /* Why: --exclude-outbound-ports-for-uids are ranges, not keys; a small array scanned in order. */
 BPF_ARRAY(tp_uid_port_excl, struct tp_uid_port_range, TP_MAX_UID_RANGES);

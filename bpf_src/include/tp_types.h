@@ -10,6 +10,9 @@
 #include <linux/types.h>
 
 #define TP_MAX_UID_RANGES 16
+/* Capacity of the exclusion maps; ebpf/plan.py refuses larger lists with the flag named. */
+#define TP_MAX_PORTS 65535
+#define TP_MAX_CIDRS 65536
 
 #define TP_DNS_OFF 0
 #define TP_DNS_SERVERS 1

@@ -8,6 +8,8 @@ print one JSON object. Every wait is bounded by a timeout.
   python -m engine.sandbox.peers dns-server --port 53 --answer 198.18.0.99
   python -m engine.sandbox.peers tcp HOST PORT
   python -m engine.sandbox.peers dns SERVER NAME
+  python -m engine.sandbox.peers sink --port 9100        # counts the bytes each client sends
+  python -m engine.sandbox.peers send HOST PORT BYTES    # sends BYTES, prints what the sink counted
 """
 from __future__ import annotations
 
@@ -41,6 +43,22 @@ def greeter(port: int) -> None:
         thread.join()
 
 
+def sink(port: int) -> None:
+    """Reads each connection to its end and answers with the number of bytes it got."""
+    def count(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(TIMEOUT)
+            total = 0
+            while chunk := conn.recv(65536):
+                total += len(chunk)
+            conn.sendall(f"{total}\n".encode())
+
+    sock = listen_tcp(port, socket.AF_INET)
+    while True:
+        conn, _ = sock.accept()
+        threading.Thread(target=count, args=(conn,), daemon=True).start()
+
+
 def dns_server(port: int, address: str) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("0.0.0.0", port))
@@ -64,6 +82,20 @@ def tcp_client(host: str, port: int) -> dict:
     return {"reply": data.decode().strip(), "peername": f"{peer[0]}:{peer[1]}"}
 
 
+def send(host: str, port: int, size: int) -> dict:
+    """Sends `size` bytes, half-closes, and returns what the sink says it received."""
+    block = b"x" * 65536
+    with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+        left = size
+        while left > 0:
+            left -= sock.send(block[:min(left, len(block))])
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(64):
+            reply += chunk
+    return {"sent": size, "received": int(reply or b"-1")}
+
+
 def dns_query(server: str, name: str) -> dict:
     question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00" + struct.pack("!HH", 1, 1)
     query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + question
@@ -84,6 +116,11 @@ def main() -> None:
     tcp = sub.add_parser("tcp")
     tcp.add_argument("host")
     tcp.add_argument("port", type=int)
+    sub.add_parser("sink").add_argument("--port", type=int, required=True)
+    bulk = sub.add_parser("send")
+    bulk.add_argument("host")
+    bulk.add_argument("port", type=int)
+    bulk.add_argument("size", type=int)
     query = sub.add_parser("dns")
     query.add_argument("server")
     query.add_argument("name")
@@ -92,6 +129,13 @@ def main() -> None:
         greeter(args.port)
     elif args.what == "dns-server":
         dns_server(args.port, args.answer)
+    elif args.what == "sink":
+        sink(args.port)
+    elif args.what == "send":
+        try:
+            print(json.dumps(send(args.host, args.port, args.size)))
+        except OSError as err:
+            print(json.dumps({"error": str(err)}))
     elif args.what == "tcp":
         try:
             print(json.dumps(tcp_client(args.host, args.port)))

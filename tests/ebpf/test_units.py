@@ -128,3 +128,11 @@ def test_header_discovery_on_a_fake_tree(tmp_path):
     assert f"-I{amd}/arch/x86/include/generated/uapi" in h.cflags
     with pytest.raises(HeadersNotFound):
         find_kernel_headers("6.18.0-x", "x86_64", str(tmp_path / "none"), str(tmp_path / "mod"))
+
+
+def test_plan_refuses_more_cidrs_than_the_map_holds():
+    from ebpf.maps import MAX_CIDRS
+    fits = tuple(f"10.{i >> 8 & 255}.{i & 255}.0/24" for i in range(MAX_CIDRS))
+    assert len(plan(EbpfSettings(exclude_outbound_cidrs=fits)).maps) > 0
+    with pytest.raises(EbpfPlanError, match="exclude_outbound_cidrs: 65537 IPv4 CIDRs"):
+        plan(EbpfSettings(exclude_outbound_cidrs=fits + ("11.0.0.0/8",)))

@@ -134,3 +134,16 @@ def test_programs_source_path_compiles_another_bpf_src_and_a_missing_one_is_a_fa
     result = sandbox.tpctl(*install_args("ebpf", sandbox, "--ebpf-programs-source-path", copy + "-missing"))
     assert result.returncode == 3 and "programs source" in result.stderr
     assert ebpf_view(sandbox) == before
+
+
+def test_more_excluded_cidrs_than_the_maps_hold_is_a_failed_check_naming_the_flag(sandbox, before):
+    from ebpf.maps import MAX_CIDRS
+
+    config = os.path.join(sandbox.tmp, "many-cidrs.yaml")
+    with open(config, "w") as handle:
+        handle.write("redirect:\n  outbound:\n    excludePortsForIPs:\n")
+        handle.writelines(f"      - 10.{i >> 16}.{i >> 8 & 255}.{i & 255}/32\n" for i in range(MAX_CIDRS + 1))
+    result = sandbox.tpctl(*install_args("ebpf", sandbox, "--config", config, "--dry-run"))
+    assert result.returncode == 3, result.stderr
+    assert "eBPF maps" in result.stderr and "--exclude-outbound-ips: 65537 IPv4 CIDRs" in result.stderr
+    assert ebpf_view(sandbox) == before

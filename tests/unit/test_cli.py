@@ -53,3 +53,10 @@ def test_every_kumactl_flag_is_accepted():
 def test_unknown_config_file_exits_2():
     result = run("install", "--config", "/nonexistent/tpctl.yaml", "--dry-run")
     assert result.exit_code == 2 and "/nonexistent/tpctl.yaml" in result.output
+
+
+def test_sk_msg_accel_switch_needs_the_ebpf_engine():
+    result = run("install", "--ebpf-sk-msg-accel=false", "--dry-run")
+    assert result.exit_code == 2 and "--ebpf-sk-msg-accel needs --ebpf-enabled" in result.output
+    result = run("install", "--ebpf-sk-msg-accel=sometimes", "--dry-run")
+    assert result.exit_code == 2 and "--ebpf-sk-msg-accel" in result.output
