@@ -1,5 +1,5 @@
 # Every target runs the idempotent set-up first, so a fresh checkout needs nothing else.
-.PHONY: setup test test-unit demo bench clean
+.PHONY: setup test test-unit demo bench matrix clean
 
 setup:
 	bash scripts/setup.sh
@@ -12,6 +12,14 @@ test-unit: setup
 
 demo: setup
 	.venv/bin/tpctl demo
+
+# Side-by-side benchmark of both engines against the no-redirect baselines (bench/results/).
+bench: setup
+	.venv/bin/python -m bench $(BENCH_ARGS)
+
+# Debian kernels 5.10, 6.1 and 6.12 in throwaway QEMU guests: engine choice + traffic suite.
+matrix: setup
+	.venv/bin/python -m vagrant.matrix $(MATRIX_ARGS)
 
 clean:
 	rm -rf .venv build *.egg-info
