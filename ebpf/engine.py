@@ -179,6 +179,11 @@ def uninstall(bpffs_path: str, record: dict | None, cgroup_path: str | None) -> 
             os.close(fd)
         for fd in maps.values():
             os.close(fd)
+    # install mounted this bpffs: unmount it too, unless someone else has pinned there since
+    if (record or {}).get("bpffs_mounted_by_us") and pins.is_bpffs(bpffs_path) \
+            and not pins.holds_others(bpffs_path):
+        pins.umount(bpffs_path)
+        removed.append(f"unmounted bpffs {bpffs_path} (install mounted it)")
     return removed
 
 

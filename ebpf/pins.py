@@ -44,6 +44,15 @@ def umount(path: str) -> None:
         raise OSError(err, f"umount {path}: {os.strerror(err)}")
 
 
+# A fresh bpffs is not empty: kernels with CONFIG_BPF_PRELOAD put these iterators in its root.
+PRELOADED = frozenset({"progs.debug", "maps.debug"})
+
+
+def holds_others(bpffs_path: str) -> bool:
+    """Whether anything but the kernel's preloaded files is in the bpffs root."""
+    return any(name not in PRELOADED for name in os.listdir(bpffs_path))
+
+
 def pin_dir(bpffs_path: str) -> str:
     return os.path.join(bpffs_path, PIN_DIR_NAME)
 

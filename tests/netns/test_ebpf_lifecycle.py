@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from ebpf.pins import is_bpffs
 from tests.netns.conftest import install, install_args
 
 
@@ -43,6 +44,23 @@ def test_install_attaches_and_uninstall_leaves_nothing(sandbox, before):
     result = sandbox.tpctl("uninstall")
     assert result.returncode == 0, result.stderr
     assert ebpf_view(sandbox) == before
+    assert is_bpffs(sandbox.bpffs), "uninstall unmounted a bpffs it did not mount"
+
+
+def test_a_bpffs_that_install_mounted_is_unmounted_by_uninstall(sandbox, before):
+    path = os.path.join(sandbox.tmp, "bpffs-mounted-by-install")
+    os.mkdir(path)
+    try:
+        install(sandbox, "ebpf", "--ebpf-bpffs-path", path)  # the last --ebpf-bpffs-path wins
+        assert is_bpffs(path) and os.path.isdir(os.path.join(path, "tpctl"))
+        result = sandbox.tpctl("uninstall", "--verbose")
+        assert result.returncode == 0, result.stderr
+        assert f"unmounted bpffs {path}" in result.stdout + result.stderr
+        assert not is_bpffs(path)
+        assert ebpf_view(sandbox) == before
+    finally:
+        if is_bpffs(path):
+            subprocess.run(["umount", path], timeout=30)
 
 
 def test_uninstall_from_the_pins_alone_when_the_state_file_is_gone(sandbox, before):
