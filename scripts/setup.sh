@@ -39,7 +39,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import bcc" 2>/dev/null; 
 fi
 stamp=.venv/.tpctl-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,matrix]'
   touch "$stamp"
 fi
 .venv/bin/python -c "import bcc, iptc, pyroute2, click, yaml" && echo "setup: ok"

@@ -1,0 +1,57 @@
+"""The benchmark harness end to end on a very short duration (root): every case, one scale size,
+the control path. Checks that every case produced numbers, not how large they are. Results go
+to a temporary directory, never to bench/results."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.cases import CASES, ENGINES
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CASE_FIGURES = ("conn_rate", "cpu_us_per_conn", "machine_us_per_conn", "lat_p50_c16", "lat_p99_c16", "rps_c16",
+                "cpu_us_per_req_c16", "bulk_gbps", "cpu_s_per_gbyte")
+
+
+@pytest.fixture(autouse=True)
+def _root_only():
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the bench builds network namespaces and installs rules in them")
+
+
+def positive(values) -> bool:
+    return len(values) == 1 and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
+
+
+@pytest.mark.privileged
+def test_every_case_scale_size_and_engine_produces_numbers(tmp_path):
+    out = tmp_path / "results"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--duration", "1", "--rounds", "1", "--concurrency", "16",
+         "--scale", "10", "--scale-rounds", "1", "--control-runs", "1", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+    data = json.loads((out / "results.json").read_text())
+
+    assert data["meta"]["cases"] == list(CASES)
+    for case in CASES:
+        for figure in CASE_FIGURES:
+            assert positive(data["cases"][case].get(figure, [])), (case, figure, data["cases"][case])
+    for engine in ENGINES:
+        for figure in ("conn_rate", "install_s", "uninstall_s"):
+            assert positive(data["scale"][engine]["10"].get(figure, [])), (engine, figure)
+        for command in ("install", "uninstall"):
+            (run,) = data["control"][engine][command]
+            assert run["wall_s"] > 0 and run["maxrss_mib"] > 0, (engine, command, run)
+    assert data["checks"]["ebpf"]["sockhash_entries"][0] > 0
+    assert data["checks"]["ebpf-noaccel"]["sockhash_entries"] == [0]
+
+    text = (out / "RESULTS.md").read_text()
+    assert all(f"| {case} " in text or f" {case} |" in text for case in CASES)
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| figure |" in result.stdout  # the table is printed at the end
