@@ -1,0 +1,151 @@
+"""The pure parts of the kernel matrix: package index parsing, the QEMU/virtme command line, the
+KVM/TCG decision, what the guest reads from tpctl and pytest, and the table. No VM is booted."""
+from __future__ import annotations
+
+import pytest
+
+from vagrant import boot, box, guest, kernels, matrix, table
+
+CONTROL = """Package: linux-image-amd64
+Source: linux-signed-amd64 (6.1.158+1)
+Version: 6.1.158-1
+Depends: linux-image-6.1.0-41-amd64 (= 6.1.158-1)
+Description: Linux for 64-bit PCs (meta-package)
+ This package depends on the latest Linux kernel.
+
+Package: linux-image-amd64
+Version: 6.1.0-old
+"""
+
+
+def test_control_fields_of_the_first_stanza_and_the_versioned_image():
+    fields = kernels.parse_control(CONTROL)
+    assert fields["Version"] == "6.1.158-1"
+    assert fields["Description"].endswith("latest Linux kernel.")
+    assert kernels.versioned_dependency(fields["Depends"], "linux-image-") == "linux-image-6.1.0-41-amd64"
+    with pytest.raises(kernels.MatrixError):
+        kernels.versioned_dependency("linux-image-amd64, initramfs-tools", "linux-image-")
+
+
+def test_private_apt_never_reads_the_hosts_sources_or_state(tmp_path):
+    options = " ".join(kernels.PrivateApt("bullseye", str(tmp_path)).options())
+    for key in ("Dir::Etc::SourceList", "Dir::Etc::SourceParts", "Dir::State", "Dir::State::status", "Dir::Cache"):
+        assert f"{key}={tmp_path}/apt/bullseye/" in options
+
+
+def test_kernel_paths_follow_debian_packaging(tmp_path):
+    spec = kernels.KernelSpec("k", "bookworm", "6.1", "ebpf", True, "max")
+    (tmp_path / "usr/lib/modules/6.1.0-9-amd64").mkdir(parents=True)
+    k = kernels.Kernel(spec, "6.1.0-9-amd64", str(tmp_path), ())
+    assert k.image == f"{tmp_path}/boot/vmlinuz-6.1.0-9-amd64"
+    assert k.moddir == f"{tmp_path}/usr/lib/modules/6.1.0-9-amd64"
+    assert k.headers == (f"{tmp_path}/usr/src/linux-headers-6.1.0-9-amd64",
+                         f"{tmp_path}/usr/src/linux-headers-6.1.0-9-common")
+
+
+def _guest(accel: str, cpu: str = "max,-cx16") -> boot.Guest:
+    return boot.Guest("/k/vmlinuz", "/runs/x", "cd /repo && exec py -m vagrant.guest /runs/x/job.json", accel, cpu,
+                      kernel_args=(boot.LEGACY_CGROUPS,))
+
+
+def test_tcg_command_line_hides_cx16_and_shares_the_root_read_only_twice():
+    argv = boot.command(_guest("tcg"), virtme_run="virtme-run")
+    assert argv[:5] == ["virtme-run", "--kimg", "/k/vmlinuz", "--mods", "auto"]
+    assert "--disable-kvm" in argv and "--force-9p" in argv and "--rw" not in argv
+    assert argv[argv.index("--rwdir") + 1] == "/runs/x"
+    assert argv[argv.index("-a") + 1] == boot.LEGACY_CGROUPS
+    opts = argv[argv.index("--qemu-opts") + 1:]  # swallows the rest: must be last
+    assert opts == ["-virtfs", boot.CACHED_ROOT, "-cpu", "max,-cx16"]
+    assert "readonly=on" in boot.CACHED_ROOT and f"mount_tag={boot.CACHED_ROOT_TAG}" in boot.CACHED_ROOT
+
+
+def test_kvm_command_line_keeps_virtmes_host_cpu():
+    argv = boot.command(_guest("kvm"), virtme_run="virtme-run")
+    assert "--disable-kvm" not in argv and "-cpu" not in argv
+
+
+@pytest.mark.parametrize("requested, usable, probed, accel", [
+    ("tcg", True, True, "tcg"), ("kvm", False, None, "kvm"), ("auto", False, None, "tcg"),
+    ("auto", True, True, "kvm"), ("auto", True, False, "tcg")])
+def test_kvm_only_when_asked_or_a_probe_guest_booted(requested, usable, probed, accel):
+    chosen, why = boot.choose_accel(requested, usable, probed)
+    assert chosen == accel and why
+
+
+def test_engine_and_failed_checks_from_install_output():
+    stderr = ("# --ebpf-enabled, but eBPF checks failed; falling back to iptables: [FAIL] kernel: kernel 2.6.61 "
+              "(need >= 5.7) (fix: boot a kernel >= 5.7); [FAIL] cgroup2: no cgroup2 mount (fix: mount it)\n"
+              "# dualstack: the host has IPv6 addresses\ntpctl: installed the iptables engine\n")
+    engine, failed = guest.engine_of(stderr)
+    assert engine == "iptables"
+    assert [f.split(":")[0] for f in failed] == ["[FAIL] kernel", "[FAIL] cgroup2"]
+    assert guest.engine_of("# --ebpf-enabled and every eBPF check passed\n") == ("ebpf", [])
+    assert guest.engine_of("boom\n")[0] == "unknown"
+
+
+def test_junit_counts(tmp_path):
+    path = tmp_path / "junit.xml"
+    path.write_text('<testsuites><testsuite tests="5" failures="1" errors="1" skipped="1">'
+                    '<testcase classname="a" name="ok"/><testcase classname="a" name="bad"><failure/></testcase>'
+                    '<testcase classname="a" name="err"><error/></testcase></testsuite></testsuites>')
+    assert guest.junit_counts(str(path)) == {"passed": 2, "failed": 2, "skipped": 1}
+    assert guest.junit_failures(str(path)) == ["a::bad", "a::err"]
+
+
+GOOD = {"done": True, "release": "6.1.0-9-amd64", "choice": {"engine": "ebpf", "failed_checks": []},
+        "tests": {"passed": 41, "failed": 0, "skipped": 0, "exit": 0, "seconds": 600.0, "failures": []}}
+
+
+def test_rows_and_table():
+    ok = table.kernel_row("debian12-6.1", "ebpf", "tcg", GOOD, 700.0, None)
+    died = table.kernel_row("debian11-5.10", "ebpf", "tcg", {"release": "5.10.0-9-amd64"}, 2700.0,
+                            "killed after 2700 s")
+    wrong = table.kernel_row("x", "ebpf", "tcg", dict(GOOD, choice={"engine": "iptables",
+                                                                   "failed_checks": ["[FAIL] a|b"]}), 1.0, None)
+    assert ok.ok and not died.ok and not wrong.ok
+    assert "killed after 2700 s" in died.problems and "the guest did not finish (see console.log)" in died.problems
+    fb = table.fallback_row("no-cgroup2", "no-cgroup2", "iptables",
+                            {"ok": True, "engine": "iptables", "why": ["[FAIL] cgroup2: none"], "no_fallback_exit": 3,
+                             "release": "6.1.0-9-amd64"})
+    text = table.markdown([ok, died, wrong], [fb], {"when": "now", "accel": "tcg", "accel_reason": "r", "qemu": "7.2"})
+    lines = text.splitlines()
+    assert ("| debian12-6.1 | 6.1.0-9-amd64 | ebpf (ebpf) | every eBPF check passed | 41 / 0 / 0 | 700 (600) | ok |"
+            in lines)
+    assert any(line.startswith("| x |") and "[FAIL] a\\|b" in line for line in lines)  # cells escape |
+    assert "| no-cgroup2 | 6.1.0-9-amd64 | no-cgroup2 | iptables (iptables) | [FAIL] cgroup2: none | 3 | ok |" in lines
+    record = table.as_json([ok], [fb], {})
+    assert record["ok"] and record["kernels"][0]["ok"]
+    assert not table.as_json([ok, died], [fb], {})["ok"]
+
+
+def test_ci_and_named_selection():
+    data = kernels.Matrix([kernels.KernelSpec("a", "s", "5.10", "ebpf", True, "max"),
+                           kernels.KernelSpec("b", "s", "6.1", "ebpf", False, "max")], [], ["t"], ["t"])
+    assert [k.name for k in matrix.select(data, None, ci=True)] == ["a"]
+    assert [k.name for k in matrix.select(data, "b", ci=False)] == ["b"]
+    with pytest.raises(kernels.MatrixError, match="unknown zz"):
+        matrix.select(data, "zz", ci=False)
+
+
+def test_box_differences_name_what_differs():
+    b = {"engine": "iptables", "fallback_reasons": ["kernel"], "facts": {"iptables_default": "legacy"}}
+    good = box.differences(b, {"engine": "iptables", "failed_checks": ["[FAIL] kernel: 4.15"]},
+                           {"iptables_default": "legacy"}, {"ok": True}, {"passed": 3, "failed": 0, "skipped": 0})
+    assert good == []
+    bad = box.differences(b, {"engine": "ebpf", "failed_checks": []}, {"iptables_default": "nf_tables"},
+                          {"ok": False}, {"passed": 0, "failed": 1, "skipped": 0})
+    assert len(bad) == 5
+
+
+def test_guest_plugin_scales_only_the_sandbox_bounds(monkeypatch):
+    from tests.matrix import slow_guest
+
+    seen = {}
+    monkeypatch.setattr(slow_guest.subprocess, "run", lambda *a, **kw: seen.update(kw))
+    slow_guest._ScaledSubprocess().run(["ss"], timeout=10, capture_output=True)
+    assert seen == {"timeout": 10 * slow_guest.SCALE, "capture_output": True}
+    assert slow_guest._ScaledSubprocess().PIPE == slow_guest.subprocess.PIPE
+    waited = {}
+    wait = slow_guest._scaled_wait(lambda self, ns, port, proto="tcp", timeout=10: waited.update(t=timeout))
+    wait(None, "ns", 9000)
+    assert waited["t"] == 10 * slow_guest.SCALE
