@@ -165,5 +165,5 @@ class Measurer:
                     "bulk_tcp_mem_mib": peak_pages * PAGE_SIZE / 2**20,
                     "cpu_s_per_gbyte": c["proc_s"] / (result.bytes / 1e9) if result.bytes else None,
                     "bulk_failed_runs": len(failures), "bulk_failures": failures}
-        return {"bulk_gbps": None, "cpu_s_per_gbyte": None, "bulk_failed_runs": len(failures),
+        return {"bulk_gbps": None, "cpu_s_per_gbyte": None, "bulk_tcp_mem_mib": None, "bulk_failed_runs": len(failures),
                 "bulk_failures": failures}

@@ -79,7 +79,8 @@ def _control(ax, control):
     ax.legend(fontsize=7)
 
 
-def render(results: dict, path: str) -> None:
+def render(raw: dict, path: str) -> None:
+    results, _ = stats.drop_disturbed(raw)  # as in RESULTS.md
     meta = results["meta"]
     cases, conc = meta["cases"], meta["concurrency"]
     summaries = stats.summarize_cases(results.get("cases", {}))

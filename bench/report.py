@@ -131,24 +131,34 @@ def checks_table(checks: dict) -> str:
     return table(["case"] + [label for _, label in CHECK_COLUMNS], rows)
 
 
-DISTURBED_PCT = 10
+DISTURBED_PCT = stats.DISTURBED_PCT
 
 
 def disturbance(checks: dict) -> str:
     """One sentence on how much else ran on the machine during the measurements."""
-    loads = [v for found in checks.values() for v in found.get("other_load_pct", [])]
+    return load_sentence([v for found in checks.values() for v in found.get("other_load_pct", [])])
+
+
+def load_sentence(loads: list[float]) -> str:
     if not loads:
         return ""
     busy = sum(1 for v in loads if v > DISTURBED_PCT)
     text = (f"Other load (CPU used outside the measured programs, share of the machine) during the "
             f"new-connection runs: median {stats.summarize(loads).median:.0f}%, max {max(loads):.0f}%. ")
     if busy:
-        return text + (f"**{busy} of {len(loads)} runs had more than {DISTURBED_PCT}% other load: those "
-                       "figures are disturbed; compare cases within a round (see Route checks) with care.**\n")
+        return text + f"**{busy} of {len(loads)} runs had more than {DISTURBED_PCT}% other load.**\n"
     return text + "The machine was quiet.\n"
 
 
-def render(results: dict) -> str:
+def dropped_sentence(dropped: list[str]) -> str:
+    if not dropped:
+        return ""
+    return (f"Left out of the medians as disturbed (more than {DISTURBED_PCT}% other load, quiet rounds of the "
+            f"same case remaining; `results.json` keeps them): {'; '.join(dropped)}.\n")
+
+
+def render(raw: dict) -> str:
+    results, dropped = stats.drop_disturbed(raw)
     meta = results["meta"]
     cases = meta["cases"]
     concurrency = meta["concurrency"]
@@ -159,7 +169,7 @@ def render(results: dict) -> str:
            f"round by round ({' '.join(cases)}); whole run {meta['elapsed_s'] / 60:.1f} min. "
            "Each figure is the median across rounds; ±x% is half the range across rounds, as a share "
            "of the median. Raw values per round: `results.json`. Plot: `bench.png`.\n",
-           disturbance(results.get("checks", {})),
+           disturbance(results.get("checks", {})), dropped_sentence(dropped),
            "## Machine\n",
            table(["", ""], [[k, v] for k, v in meta["machine"].items()]),
            "\nCPU pinning (taskset, the same in every case): " +
@@ -175,7 +185,9 @@ def render(results: dict) -> str:
         out += ["## Scale: excluded outbound ports and CIDRs\n",
                 "New-connection rate with N excluded ports plus N excluded CIDRs, none covering the measured "
                 "traffic. Install time is the wall time of `tpctl install --config FILE`.\n",
-                scale_table(results["scale"], meta["scale_sizes"]), ""]
+                scale_table(results["scale"], meta["scale_sizes"]), "",
+                load_sentence([v for by_size in raw["scale"].values() for figures in by_size.values()
+                               for v in figures.get("other_load_pct", [])])]
     if results.get("control"):
         out += ["## Control path: `tpctl install` / `tpctl uninstall`\n", CONTROL_NOTE,
                 control_table(results["control"]), ""]

@@ -1,8 +1,11 @@
 """Aggregation across rounds (median, spread) and the ratios the issue asks for. Pure."""
 from __future__ import annotations
 
+import copy
 import statistics
 from dataclasses import dataclass
+
+DISTURBED_PCT = 10  # other load (% of the machine) above which a run counts as disturbed
 
 
 @dataclass(frozen=True)
@@ -58,3 +61,29 @@ def change_pct(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{(value - 1.0) * 100:+.1f}%"
+
+
+def _keep_quiet(figures: dict[str, list], loads: list[float], label: str, dropped: list[str]) -> None:
+    """Drop, in place, the rounds whose load was above DISTURBED_PCT, unless every round was."""
+    quiet = [i for i, load in enumerate(loads) if load <= DISTURBED_PCT]
+    if not quiet or len(quiet) == len(loads):
+        return
+    for key, values in figures.items():
+        if len(values) == len(loads):
+            figures[key] = [values[i] for i in quiet]
+    dropped += [f"{label} round {i + 1} ({loads[i]:.0f}% other load)" for i in range(len(loads)) if i not in quiet]
+
+
+def drop_disturbed(results: dict) -> tuple[dict, list[str]]:
+    """A copy of `results` whose per-round figures leave out the rounds another tenant disturbed
+    (other load above DISTURBED_PCT in the round's new-connection run), where the same case or
+    scale cell has quiet rounds left; and the list of what was left out. results.json keeps all."""
+    out = copy.deepcopy(results)
+    dropped: list[str] = []
+    for case, figures in out.get("cases", {}).items():
+        loads = out.get("checks", {}).get(case, {}).get("other_load_pct", [])
+        _keep_quiet(figures, loads, case, dropped)
+    for engine, by_size in out.get("scale", {}).items():
+        for size, figures in by_size.items():
+            _keep_quiet(figures, list(figures.get("other_load_pct", [])), f"scale {engine} {size}", dropped)
+    return out, dropped

@@ -65,6 +65,12 @@ def test_report_says_whether_the_machine_was_quiet(results):
     assert "**2 of 3 runs had more than 10% other load" in report.render(results)
 
 
+def test_report_flags_a_disturbed_scale_sweep(results):
+    results["scale"]["ebpf"]["10"]["other_load_pct"] = [60.0]
+    scale_part = report.render(results).split("## Scale")[1].split("## Control")[0]
+    assert "**1 of 1 runs had more than 10% other load" in scale_part
+
+
 def test_report_without_scale_and_control(results):
     results["scale"], results["control"], results["meta"]["scale_sizes"] = {}, {}, []
     text = report.render(results)

@@ -75,3 +75,16 @@ def test_accel_check():
         check_accel(cases.CASES["ebpf-noaccel"], [2])
     with pytest.raises(RoutingError, match="not read"):
         check_accel(cases.CASES["ebpf"], [])
+
+
+def test_disturbed_rounds_are_left_out_where_quiet_ones_remain():
+    results = {"cases": {"ebpf": {"conn_rate": [100.0, 20.0, 110.0], "install_s": [3.0, 9.0, 3.5]},
+                         "direct": {"conn_rate": [50.0, 60.0]}},
+               "checks": {"ebpf": {"other_load_pct": [1, 80, 2]}, "direct": {"other_load_pct": [90, 95]}},
+               "scale": {"ebpf": {"10": {"conn_rate": [5.0, 1.0], "other_load_pct": [0, 70]}}}}
+    quiet, dropped = stats.drop_disturbed(results)
+    assert quiet["cases"]["ebpf"] == {"conn_rate": [100.0, 110.0], "install_s": [3.0, 3.5]}
+    assert quiet["cases"]["direct"] == {"conn_rate": [50.0, 60.0]}  # no quiet round: all kept
+    assert quiet["scale"]["ebpf"]["10"]["conn_rate"] == [5.0]
+    assert dropped == ["ebpf round 2 (80% other load)", "scale ebpf 10 round 2 (70% other load)"]
+    assert results["cases"]["ebpf"]["conn_rate"] == [100.0, 20.0, 110.0]  # the raw results stay whole
