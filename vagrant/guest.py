@@ -145,12 +145,12 @@ def fallback(spec: dict) -> dict:
 def run_tests(job: dict, out: str) -> dict:
     junit = os.path.join(out, "junit.xml")
     env = dict(os.environ, TPCTL_NO_SKIP="1", PYTHONDONTWRITEBYTECODE="1", HOME="/tmp", TMPDIR="/tmp",
-               TPCTL_MATRIX_TIMEOUT_SCALE=str(job.get("timeout_scale", 8)))
+               TPCTL_TIMEOUT_SCALE=str(job.get("timeout_scale", 8)))
     # the first read of every module comes over 9p; do it once before the first scene's clock runs
     sh([sys.executable, "-c", "import bcc, pytest, engine.cli, engine.apply, engine.sandbox.peers, "
         "engine.sandbox.sidecar, ebpf.engine"], timeout=600, env=env, cwd=REPO)
     started = time.monotonic()
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *job.get("plugins", []),
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
             "-v", "-ra", "--durations=0", f"--junitxml={junit}", *job["tests"]]
     with open(os.path.join(out, "pytest.log"), "w", encoding="utf-8") as log:  # written as it runs
         try:

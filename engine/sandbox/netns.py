@@ -24,6 +24,14 @@ from engine.probe import mounts_of_type
 APP_V4, SRV_V4 = "198.18.0.1", "198.18.0.2"
 APP_V6, SRV_V6 = "2001:2::1", "2001:2::2"
 PROXY_UID = 5678
+# Every bound here is sized for a real machine. Slow hosts (the kernel matrix's emulated guests)
+# stretch them all with TPCTL_TIMEOUT_SCALE; what a test asserts does not change.
+TIMEOUT_SCALE = float(os.environ.get("TPCTL_TIMEOUT_SCALE", "1"))
+
+
+def bound(seconds: float) -> float:
+    """A time-out of `seconds` on a real machine, on this one."""
+    return seconds * TIMEOUT_SCALE
 
 
 class SandboxError(RuntimeError):
@@ -31,7 +39,7 @@ class SandboxError(RuntimeError):
 
 
 def _ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=bound(30))
     if result.returncode != 0:
         raise SandboxError(f"ip {' '.join(args)}: {result.stderr.strip()}")
 
@@ -87,7 +95,7 @@ class Sandbox:
         if self.bpffs is None:
             path = os.path.join(self.tmp, "bpffs")
             os.mkdir(path)
-            subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, timeout=30)
+            subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, timeout=bound(30))
             self.bpffs = path
         return self.bpffs
 
@@ -95,10 +103,10 @@ class Sandbox:
         for proc in reversed(self._procs):
             self.stop(proc)
         for ns in self._namespaces:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=bound(30))
         self._namespaces.clear()
         if self.bpffs:
-            subprocess.run(["umount", self.bpffs], capture_output=True, timeout=30)
+            subprocess.run(["umount", self.bpffs], capture_output=True, timeout=bound(30))
             self.bpffs = None
         if self.cgroup and os.path.isdir(self.cgroup):
             for _ in range(50):  # a killed process leaves its cgroup a moment after it dies
@@ -125,8 +133,8 @@ class Sandbox:
 
     def run(self, ns: str, argv: list[str], uid: int | None = None, timeout: float = 60,
             check: bool = False, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.command(ns, argv, uid), capture_output=True, text=True, timeout=timeout,
-                                env=env, input=input)
+        result = subprocess.run(self.command(ns, argv, uid), capture_output=True, text=True,
+                                timeout=bound(timeout), env=env, input=input)
         if check and result.returncode != 0:
             raise SandboxError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr.strip()}")
         return result
@@ -168,11 +176,11 @@ class Sandbox:
     def wait_for_port(self, ns: str, port: int, proto: str = "tcp", timeout: float = 10) -> None:
         """Wait until something listens on `port` in `ns` (bounded)."""
         flag = "-ltn" if proto == "tcp" else "-lun"
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + bound(timeout)
         while time.monotonic() < deadline:
             out = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", "ss", "-H", flag, f"sport = :{port}"],
-                                 capture_output=True, text=True, timeout=10).stdout
+                                 capture_output=True, text=True, timeout=bound(10)).stdout
             if out.strip():
                 return
             time.sleep(0.05)
-        raise SandboxError(f"nothing listens on {proto} port {port} in {ns} after {timeout}s")
+        raise SandboxError(f"nothing listens on {proto} port {port} in {ns} after {bound(timeout)}s")

@@ -2,6 +2,8 @@
 KVM/TCG decision, what the guest reads from tpctl and pytest, and the table. No VM is booted."""
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from vagrant import boot, box, guest, kernels, matrix, table
@@ -137,15 +139,20 @@ def test_box_differences_name_what_differs():
     assert len(bad) == 5
 
 
-def test_guest_plugin_scales_only_the_sandbox_bounds(monkeypatch):
-    from tests.matrix import slow_guest
+def test_timeout_scale_stretches_the_sandbox_bounds(monkeypatch):
+    from engine.sandbox import netns
 
-    seen = {}
-    monkeypatch.setattr(slow_guest.subprocess, "run", lambda *a, **kw: seen.update(kw))
-    slow_guest._ScaledSubprocess().run(["ss"], timeout=10, capture_output=True)
-    assert seen == {"timeout": 10 * slow_guest.SCALE, "capture_output": True}
-    assert slow_guest._ScaledSubprocess().PIPE == slow_guest.subprocess.PIPE
-    waited = {}
-    wait = slow_guest._scaled_wait(lambda self, ns, port, proto="tcp", timeout=10: waited.update(t=timeout))
-    wait(None, "ns", 9000)
-    assert waited["t"] == 10 * slow_guest.SCALE
+    monkeypatch.setattr(netns, "TIMEOUT_SCALE", 8.0)
+    seen = []
+
+    def fake_run(argv, **kw):
+        seen.append(kw["timeout"])
+        return subprocess.CompletedProcess(argv, 0, "LISTEN", "")
+
+    monkeypatch.setattr(netns.subprocess, "run", fake_run)
+    sandbox = netns.Sandbox.__new__(netns.Sandbox)
+    sandbox.cgroup, sandbox.app = None, "app"
+    sandbox.run("app", ["true"], timeout=10)
+    sandbox.wait_for_port("app", 9000)  # its `ss` call
+    assert seen == [10 * 8.0, 10 * 8.0]
+    assert netns.bound(30) == 240.0
