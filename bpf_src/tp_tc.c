@@ -6,11 +6,11 @@
  * remembered in tp_in_flows, which getsockopt also reads for SO_ORIGINAL_DST.
  * Limits: IPv6 packets with extension headers before TCP are left alone.
  */
-#include <linux/if_ether.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
-#include <linux/tcp.h>
-#include <linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/pkt_cls.h>
 #include "tp_helpers.h"
 
 #define TP_TCP_SYN 0x02

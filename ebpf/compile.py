@@ -153,3 +153,22 @@ def compile_object(source_dir: str, headers: KernelHeaders | None = None):
         except Exception as exc:  # BCC raises bare Exception
             err = exc
     raise EbpfCompileError(f"BCC could not compile {source_dir} ({err}):\n{log[0].strip()}")
+
+
+# The feature check compiles the real programs (a header tree BCC cannot digest only shows up
+# there: bcc#5231 on 6.12), and install needs that same object. Compiling takes seconds, so the
+# check leaves its object here and install takes it; anything else compiles afresh.
+_checked: dict[str, object] = {}
+
+
+def compile_for_check(source_dir: str) -> None:
+    """Compile and keep the object for take_compiled(); raises what compile_object raises."""
+    key = os.path.realpath(source_dir)
+    if key not in _checked:
+        _checked[key] = compile_object(source_dir)
+
+
+def take_compiled(source_dir: str):
+    """The object the feature check compiled (once), or a fresh compile."""
+    bpf = _checked.pop(os.path.realpath(source_dir), None)
+    return bpf if bpf is not None else compile_object(source_dir)

@@ -10,8 +10,9 @@ from . import libbpf
 from .catalogue import (ATTACH_TYPE_NAMES, PROG_CGROUP_SOCK_ADDR, PROG_CGROUP_SOCKOPT,
                         PROG_TYPE_NAMES, PROGRAMS)
 from .cgroup import cgroup2_mount, is_cgroup2_dir
-from .compile import find_kernel_headers
-from .errors import HeadersNotFound
+from .compile import compile_for_check, find_kernel_headers
+from .errors import EbpfCompileError, HeadersNotFound
+from .settings import DEFAULT_SOURCE_PATH
 from .pins import is_bpffs, mount_bpffs, umount
 from engine.choice import Check  # one Check type for the pipeline and these probes
 from engine.probe import kernel_version
@@ -94,12 +95,29 @@ def check_program_types() -> tuple[Check, ...]:
     return tuple(out)
 
 
+def check_compile(source_dir: str) -> Check:
+    """Compile the real programs: headers can be present and still be ones this BCC cannot
+    digest (6.12's internal headers with BCC 0.26, bcc#5231). The object is kept for install."""
+    try:
+        compile_for_check(source_dir)
+    except (EbpfCompileError, HeadersNotFound) as exc:
+        text = str(exc)
+        first = next((ln.strip() for ln in text.splitlines() if "error:" in ln), text.splitlines()[0])
+        return Check("compile", False, f"BCC cannot compile {source_dir}: {first}",
+                     "install BCC and kernel headers that match (linux-headers-$(uname -r)), "
+                     "or use the iptables engine")
+    return Check("compile", True, f"{source_dir} compiles against these headers", "")
+
+
 def feature_checks(settings=None) -> list:
     cg = getattr(settings, "cgroup_path", None)
     bpffs = getattr(settings, "bpffs_path", None)
+    source = getattr(settings, "programs_source_path", None) or DEFAULT_SOURCE_PATH
     checks = [check_kernel(), check_cgroup2(cg), check_bpffs(bpffs), check_bcc(), check_headers()]
     if os.geteuid() == 0:
         checks.extend(check_program_types())
+        if checks[3].ok and checks[4].ok:  # without bcc or headers the compile says nothing new
+            checks.append(check_compile(source))
     else:
         checks.append(Check("prog-types", False, "program type probes need root", "run as root"))
     return checks

@@ -4,8 +4,8 @@
 #ifndef TP_HELPERS_H
 #define TP_HELPERS_H
 
-#include <linux/in.h>
-#include <linux/socket.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/socket.h>
 #include "tp_maps.h"
 
 #ifndef AF_INET

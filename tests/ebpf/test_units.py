@@ -136,3 +136,31 @@ def test_plan_refuses_more_cidrs_than_the_map_holds():
     assert len(plan(EbpfSettings(exclude_outbound_cidrs=fits)).maps) > 0
     with pytest.raises(EbpfPlanError, match="exclude_outbound_cidrs: 65537 IPv4 CIDRs"):
         plan(EbpfSettings(exclude_outbound_cidrs=fits + ("11.0.0.0/8",)))
+
+
+def test_bpf_sources_include_only_uapi_headers():
+    """A kernel-internal header (linux/tcp.h → net/sock.h → linux/bpf.h) breaks BCC 0.26 on 6.12's
+    headers (bcc#5231); UAPI headers are the stable contract, and all the programs need."""
+    import re
+
+    system = re.compile(r"^\s*#\s*include\s+<([^>]+)>", re.M)
+    # tp_types.h is also built by the host compiler (the layout test), whose include path has no
+    # uapi/ prefix; in a kernel tree linux/types.h adds typedefs only.
+    allowed = {"linux/types.h"}
+    for folder, _, files in os.walk(SRC):
+        for name in files:
+            for header in system.findall(open(os.path.join(folder, name)).read()):
+                assert header.startswith("uapi/") or header in allowed, f"{name}: #include <{header}> is not a UAPI header"
+
+
+def test_install_reuses_the_object_the_compile_check_made(monkeypatch):
+    from ebpf import compile as compile_mod
+
+    made = []
+    monkeypatch.setattr(compile_mod, "compile_object", lambda src: made.append(src) or object())
+    monkeypatch.setattr(compile_mod, "_checked", {})
+    compile_mod.compile_for_check(SRC)
+    compile_mod.compile_for_check(SRC)  # a second check in the same run does not compile again
+    first = compile_mod._checked[os.path.realpath(SRC)]
+    assert compile_mod.take_compiled(SRC) is first and len(made) == 1
+    assert compile_mod.take_compiled(SRC) is not first and len(made) == 2  # taken once only

@@ -165,3 +165,24 @@ def test_more_excluded_cidrs_than_the_maps_hold_is_a_failed_check_naming_the_fla
     assert result.returncode == 3, result.stderr
     assert "eBPF maps" in result.stderr and "--exclude-outbound-ips: 65537 IPv4 CIDRs" in result.stderr
     assert ebpf_view(sandbox) == before
+
+
+def test_programs_that_do_not_compile_here_are_a_failed_check_so_iptables_is_chosen(sandbox, before):
+    """Headers can exist and still be ones this BCC cannot compile against (6.12's with BCC 0.26,
+    bcc#5231): the compile is a feature check, so it falls back instead of failing install."""
+    import shutil
+
+    copy = os.path.join(sandbox.tmp, "uncompilable_bpf_src")
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "..", "..", "bpf_src"), copy)
+    with open(os.path.join(copy, "tp_tc.c"), "a") as handle:
+        handle.write("\nstatic int tp_not_c = no_such_symbol;\n")
+    args = [a for a in install_args("ebpf", sandbox, "--ebpf-programs-source-path", copy) if a != "--no-fallback"]
+    result = sandbox.tpctl(*args)
+    assert result.returncode == 0, result.stderr
+    assert "falling back to iptables" in result.stderr and "compile" in result.stderr
+    assert "no_such_symbol" in result.stderr  # the compiler's first error, so the user sees why
+    assert json.loads(sandbox.tpctl("status", "--json").stdout)["engine"] == "iptables"
+    assert sandbox.tpctl("uninstall").returncode == 0
+    result = sandbox.tpctl(*install_args("ebpf", sandbox, "--ebpf-programs-source-path", copy))
+    assert result.returncode == 3 and "compile" in result.stderr
+    assert ebpf_view(sandbox) == before and not os.path.exists(os.path.join(sandbox.state_dir, "state.json"))
