@@ -150,7 +150,8 @@ def _read_meta(maps: dict) -> dict | None:
     return meta if meta and meta["cgroup_path"] else None
 
 
-def uninstall(bpffs_path: str, record: dict | None, cgroup_path: str | None) -> list[str]:
+def uninstall(bpffs_path: str, record: dict | None, cgroup_path: str | None,
+              warn=lambda line: None) -> list[str]:
     removed: list[str] = []
     progs, maps = _open_pinned(bpffs_path)
     try:
@@ -182,8 +183,13 @@ def uninstall(bpffs_path: str, record: dict | None, cgroup_path: str | None) -> 
     # install mounted this bpffs: unmount it too, unless someone else has pinned there since
     if (record or {}).get("bpffs_mounted_by_us") and pins.is_bpffs(bpffs_path) \
             and not pins.holds_others(bpffs_path):
-        pins.umount(bpffs_path)
-        removed.append(f"unmounted bpffs {bpffs_path} (install mounted it)")
+        try:
+            pins.umount(bpffs_path)
+        except OSError as err:  # busy (a shell cd'ed into it): everything of ours is gone already
+            warn(f"tpctl: warning: left the bpffs at {bpffs_path} mounted ({err.strerror}); nothing of "
+                 f"tpctl is in it (fix: umount {bpffs_path} once nothing uses it)")
+        else:
+            removed.append(f"unmounted bpffs {bpffs_path} (install mounted it)")
     return removed
 
 

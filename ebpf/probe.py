@@ -14,10 +14,9 @@ from .compile import compile_for_check, find_kernel_headers
 from .errors import EbpfCompileError, HeadersNotFound
 from .settings import DEFAULT_SOURCE_PATH
 from .pins import is_bpffs, mount_bpffs, umount
+from engine.choice import CGROUP2_FIX, KERNEL_FIX, MIN_EBPF_KERNEL as MIN_KERNEL
 from engine.choice import Check  # one Check type for the pipeline and these probes
 from engine.probe import kernel_version
-
-MIN_KERNEL = (5, 7)
 
 
 
@@ -26,14 +25,13 @@ def check_kernel() -> Check:
     rel = platform.release()
     ok = kernel_version(rel) >= MIN_KERNEL
     return Check("kernel", ok, f"kernel {rel} (need >= {MIN_KERNEL[0]}.{MIN_KERNEL[1]})",
-                 "" if ok else "boot a kernel >= 5.7 or use the iptables engine")
+                 "" if ok else KERNEL_FIX)
 
 
 def check_cgroup2(path: str | None) -> Check:
     mount = cgroup2_mount()
     if mount is None:
-        return Check("cgroup2", False, "no cgroup2 mount in /proc/self/mountinfo",
-                     "mount -t cgroup2 none /sys/fs/cgroup/unified")
+        return Check("cgroup2", False, "no cgroup2 mount in /proc/self/mountinfo", CGROUP2_FIX)
     path = path or mount
     ok = is_cgroup2_dir(path)
     return Check("cgroup2", ok, f"{path} {'is' if ok else 'is not'} a cgroup2 directory "

@@ -8,6 +8,9 @@ from engine.errors import UnsupportedHost
 from engine.probe import HostFacts, kernel_version
 
 MIN_EBPF_KERNEL = (5, 7)
+# The fixes for the two checks both the pure fallback below and ebpf/probe.py make: one text each.
+KERNEL_FIX = "boot a kernel >= 5.7, or use the iptables engine"
+CGROUP2_FIX = "mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified"
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,10 @@ def base_ebpf_checks(config: Config, facts: HostFacts) -> list[Check]:
     release = facts.kernel_release
     checks = [Check("kernel", kernel_version(release) >= MIN_EBPF_KERNEL,
                     f"release {release}, eBPF engine needs >= {MIN_EBPF_KERNEL[0]}.{MIN_EBPF_KERNEL[1]}",
-                    "upgrade the kernel, or use the iptables engine")]
+                    KERNEL_FIX)]
     checks.append(Check("cgroup2", facts.cgroup2_mount is not None,
                         f"mounted at {facts.cgroup2_mount}" if facts.cgroup2_mount else "no cgroup2 mount found",
-                        "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup/unified)"))
+                        CGROUP2_FIX))
     return checks
 
 

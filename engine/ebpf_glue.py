@@ -171,7 +171,7 @@ def _remove_previous(previous: dict | None, bpffs_path: str, say: Say) -> None:
     uninstall(bpffs_path, (previous or {}).get("ebpf"), dry_run=False)
 
 
-def uninstall(bpffs_path: str, record: dict | None, dry_run: bool) -> list[str]:
+def uninstall(bpffs_path: str, record: dict | None, dry_run: bool, say: Say = lambda line: None) -> list[str]:
     pin_dir = os.path.join(bpffs_path, "tpctl")
     if not record and not os.path.isdir(pin_dir):
         return []
@@ -181,7 +181,7 @@ def uninstall(bpffs_path: str, record: dict | None, dry_run: bool) -> list[str]:
     from ebpf import engine as ebpf_engine
 
     cgroup_path = ((record or {}).get("attachments") or [{}])[0].get("cgroup_path")
-    removed = ebpf_engine.uninstall(bpffs_path, record, cgroup_path)
+    removed = ebpf_engine.uninstall(bpffs_path, record, cgroup_path, warn=say)
     if (record or {}).get("ipv6_passthrough_added"):
         passthrough.remove()
         removed.append("lo: remove ::6/128")

@@ -24,7 +24,7 @@ def _uninstall(record: dict | None, bpffs_path: str | None, dry_run: bool, say: 
         say("# no state file: finding tpctl objects by their tags (TPCTL_ chains, tpctl/ comments, "
             "pins under <bpffs>/tpctl)")
     removed = iptables_engine.uninstall(record, dry_run=dry_run)
-    removed += _uninstall_ebpf(record, bpffs_path, dry_run)
+    removed += _uninstall_ebpf(record, bpffs_path, dry_run, say)
     if (record or {}).get("iptables", {}).get("firewalld") or record is None:
         path = None if dry_run else firewalld.remove_ours()
         if path:
@@ -32,14 +32,14 @@ def _uninstall(record: dict | None, bpffs_path: str | None, dry_run: bool, say: 
     return removed
 
 
-def _uninstall_ebpf(record: dict | None, bpffs_path: str | None, dry_run: bool) -> list[str]:
+def _uninstall_ebpf(record: dict | None, bpffs_path: str | None, dry_run: bool, say: Say) -> list[str]:
     from engine import ebpf_glue
     from engine.options import BY_FIELD
 
     ebpf_state = (record or {}).get("ebpf")
     path = (ebpf_state or {}).get("bpffs_path") or bpffs_path or BY_FIELD["ebpf_bpffs_path"].default
 
-    return ebpf_glue.uninstall(path, ebpf_state, dry_run)
+    return ebpf_glue.uninstall(path, ebpf_state, dry_run, say)
 
 
 def status(state_dir: str, bpffs_path: str | None) -> dict:

@@ -63,6 +63,27 @@ def test_a_bpffs_that_install_mounted_is_unmounted_by_uninstall(sandbox, before)
             subprocess.run(["umount", path], timeout=30)
 
 
+def test_a_busy_bpffs_is_left_mounted_with_a_warning_after_everything_else_is_removed(sandbox, before):
+    path = os.path.join(sandbox.tmp, "bpffs-busy")
+    os.mkdir(path)
+    holder = None
+    try:
+        install(sandbox, "ebpf", "--ebpf-bpffs-path", path)
+        holder = subprocess.Popen(["sleep", "60"], cwd=path)  # a shell cd'ed into it: umount says EBUSY
+        result = sandbox.tpctl("uninstall")
+        assert result.returncode == 0, result.stderr
+        assert f"left the bpffs at {path} mounted" in result.stderr and f"umount {path}" in result.stderr
+        assert is_bpffs(path) and not os.path.exists(os.path.join(path, "tpctl"))
+        assert ebpf_view(sandbox) == before  # programs, tc, the sandbox's own bpffs: all as before
+        assert not os.path.exists(os.path.join(sandbox.state_dir, "state.json"))
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait(timeout=30)
+        if is_bpffs(path):
+            subprocess.run(["umount", path], timeout=30)
+
+
 def test_uninstall_from_the_pins_alone_when_the_state_file_is_gone(sandbox, before):
     install(sandbox, "ebpf")
     os.unlink(os.path.join(sandbox.state_dir, "state.json"))
