@@ -2,8 +2,9 @@
 /*
  * sockops: when an app's redirected connection is established, copy its original destination
  * from the cookie map to the 4-tuple the proxy's accepted socket will see, so getsockopt can
- * answer SO_ORIGINAL_DST there; add local connections to the sockhash for sk_msg; forget
- * both when the connection closes.
+ * answer SO_ORIGINAL_DST there; add local connections to the sockhash for sk_msg. The
+ * 4-tuple entry is forgotten when the proxy's socket closes, not the app's: a client that sends
+ * and closes before a busy proxy accepts must still have its original destination found.
  */
 #include "tp_helpers.h"
 
@@ -84,6 +85,7 @@ int tp_sockops(struct bpf_sock_ops *skops)
 			/* keyed as the proxy's accepted socket sees it: the reverse of ours */
 			tp_tuple_reverse(&t, &peer);
 			tp_tuple_orig.update(&peer, orig);
+			/* for the cookie entry only; the tuple entry belongs to the proxy's socket */
 			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 							 BPF_SOCK_OPS_STATE_CB_FLAG);
 		}
@@ -92,6 +94,11 @@ int tp_sockops(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		tp_skops_tuple(skops, &t);
+		/* the proxy accepted a redirected connection: its close forgets the tuple entry
+		 * (the app's ACTIVE_ESTABLISHED ran first: it precedes the ACK that makes this one) */
+		if (tp_tuple_orig.lookup(&t))
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+							 BPF_SOCK_OPS_STATE_CB_FLAG);
 		if (s->accel && tp_tuple_is_local(&t))
 			tp_sock_hash.sock_hash_update(skops, &t, BPF_ANY);
 		break;
@@ -99,9 +106,10 @@ int tp_sockops(struct bpf_sock_ops *skops)
 		/* args[1] is the new state; 7 is TCP_CLOSE (include/net/tcp_states.h) */
 		if (skops->args[1] != 7)
 			break;
+		/* the proxy's socket: its own tuple is the key; the app's: no tuple entry has its
+		 * view as key, so deleting is a no-op there. LRU ages out what no close reaches. */
 		tp_skops_tuple(skops, &t);
-		tp_tuple_reverse(&t, &peer);
-		tp_tuple_orig.delete(&peer);
+		tp_tuple_orig.delete(&t);
 		cookie = bpf_get_socket_cookie(skops);
 		tp_cookie_orig.delete(&cookie);
 		break;

@@ -10,6 +10,7 @@ print one JSON object. Every wait is bounded by a timeout.
   python -m engine.sandbox.peers dns SERVER NAME
   python -m engine.sandbox.peers sink --port 9100        # counts the bytes each client sends
   python -m engine.sandbox.peers send HOST PORT BYTES    # sends BYTES, prints what the sink counted
+  python -m engine.sandbox.peers hit HOST PORT           # connects, sends a line, closes at once
 """
 from __future__ import annotations
 
@@ -96,6 +97,14 @@ def send(host: str, port: int, size: int) -> dict:
     return {"sent": size, "received": int(reply or b"-1")}
 
 
+def hit(host: str, port: int) -> dict:
+    """A client that is gone before the other side may even have accepted (fire and forget)."""
+    with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+        local = sock.getsockname()
+        sock.sendall(b"ping\n")
+    return {"closed": True, "local": f"{local[0]}:{local[1]}"}
+
+
 def dns_query(server: str, name: str) -> dict:
     question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00" + struct.pack("!HH", 1, 1)
     query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + question
@@ -121,6 +130,9 @@ def main() -> None:
     bulk.add_argument("host")
     bulk.add_argument("port", type=int)
     bulk.add_argument("size", type=int)
+    fire = sub.add_parser("hit")
+    fire.add_argument("host")
+    fire.add_argument("port", type=int)
     query = sub.add_parser("dns")
     query.add_argument("server")
     query.add_argument("name")
@@ -134,6 +146,11 @@ def main() -> None:
     elif args.what == "send":
         try:
             print(json.dumps(send(args.host, args.port, args.size)))
+        except OSError as err:
+            print(json.dumps({"error": str(err)}))
+    elif args.what == "hit":
+        try:
+            print(json.dumps(hit(args.host, args.port)))
         except OSError as err:
             print(json.dumps({"error": str(err)}))
     elif args.what == "tcp":

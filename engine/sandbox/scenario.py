@@ -20,9 +20,10 @@ PEERS = "engine.sandbox.peers"
 
 
 class Scenario:
-    def __init__(self, sandbox: Sandbox, proxy_uid: int = PROXY_UID):
+    def __init__(self, sandbox: Sandbox, proxy_uid: int = PROXY_UID, sidecar_args: tuple[str, ...] = ()):
         self.sb = sandbox
         self.proxy_uid = proxy_uid
+        self.sidecar_args = sidecar_args
         self.sidecar_log = os.path.join(sandbox.tmp, "sidecar.log")
 
     def start(self) -> "Scenario":
@@ -32,7 +33,7 @@ class Scenario:
         sb.spawn(sb.srv, sb.python(PEERS, "dns-server", "--port", "53", "--answer", REAL_DNS_ANSWER))
         for port in APP_PORTS:
             sb.spawn(sb.app, sb.python(PEERS, "greeter", "--port", str(port)))
-        sb.spawn(sb.app, sb.python("engine.sandbox.sidecar"), uid=self.proxy_uid, log=self.sidecar_log)
+        sb.spawn(sb.app, sb.python("engine.sandbox.sidecar", *self.sidecar_args), uid=self.proxy_uid, log=self.sidecar_log)
         for ns, port in [(sb.srv, p) for p in SERVER_PORTS] + [(sb.app, p) for p in APP_PORTS] + \
                         [(sb.app, 15001), (sb.app, 15006)]:
             sb.wait_for_port(ns, port)
@@ -51,6 +52,10 @@ class Scenario:
     def outbound(self, host: str = SRV_V4, port: int = SERVER_PORTS[0], uid: int | None = None) -> dict:
         """The app (or `uid`) connects out to host:port."""
         return self._client(self.sb.app, "tcp", host, str(port), uid=uid)
+
+    def hit(self, host: str = SRV_V4, port: int = SERVER_PORTS[0]) -> dict:
+        """The app sends one line to host:port and closes at once."""
+        return self._client(self.sb.app, "hit", host, str(port))
 
     def inbound(self, host: str = APP_V4, port: int = APP_PORTS[0]) -> dict:
         """A client on the server host connects in to the app."""

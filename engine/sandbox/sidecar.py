@@ -17,6 +17,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 SO_ORIGINAL_DST = 80  # SOL_IP; IP6T_SO_ORIGINAL_DST is also 80, on IPPROTO_IPV6
 DNS_MARKER_V4 = "198.19.255.53"
@@ -100,9 +101,10 @@ def listen_tcp(port: int, family: int) -> socket.socket:
     return sock
 
 
-def serve_tcp(port: int, listener: str, family: int) -> None:
+def serve_tcp(port: int, listener: str, family: int, accept_delay: float = 0.0) -> None:
     sock = listen_tcp(port, family)
     while True:
+        time.sleep(accept_delay)  # a busy proxy: connections wait in the accept queue
         conn, _ = sock.accept()
         threading.Thread(target=handle, args=(conn, listener), daemon=True).start()
 
@@ -148,10 +150,13 @@ def main() -> None:
     parser.add_argument("--inbound-port", type=int, default=15006)
     parser.add_argument("--dns-port", type=int, default=15053)
     parser.add_argument("--dns-marker", default=DNS_MARKER_V4)
+    parser.add_argument("--accept-delay", type=float, default=0.0,
+                        help="seconds to wait before each accept (a slow proxy, for tests)")
     args = parser.parse_args()
     threads = []
     for family in (socket.AF_INET, socket.AF_INET6):
-        threads.append(threading.Thread(target=serve_tcp, args=(args.outbound_port, "outbound", family), daemon=True))
+        threads.append(threading.Thread(target=serve_tcp, args=(args.outbound_port, "outbound", family, args.accept_delay),
+                                        daemon=True))
         threads.append(threading.Thread(target=serve_tcp, args=(args.inbound_port, "inbound", family), daemon=True))
         threads.append(threading.Thread(target=serve_dns, args=(args.dns_port, family, args.dns_marker), daemon=True))
     for thread in threads:

@@ -1,6 +1,11 @@
 """Real traffic through real namespaces, for every engine: where did each connection go?"""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import time
+
 from engine.sandbox.netns import APP_V4, APP_V6, SRV_V4, SRV_V6
 from engine.sandbox.sidecar import DNS_MARKER_V4
 from engine.sandbox.scenario import REAL_DNS_ANSWER
@@ -105,3 +110,30 @@ def test_the_proxy_reaching_its_own_instance_ip_goes_to_the_inbound_port(scene, 
     reply = scene.outbound(APP_V4, 8080, uid=5678)
     assert reply["reply"].startswith(f"hello from {APP_V4}:8080 to 127.0.0.6:"), reply
     assert [c["original_dst"] for c in scene.connections("inbound")] == [f"{APP_V4}:8080"]
+
+
+def test_a_client_gone_before_a_busy_proxy_accepts_still_has_its_original_destination(sandbox, engine):
+    """The proxy may accept after the app has sent and closed (a busy proxy, a short request):
+    SO_ORIGINAL_DST must still answer, as conntrack does for iptables."""
+    from engine.sandbox.scenario import Scenario
+
+    slow = Scenario(sandbox, sidecar_args=("--accept-delay", "1.5")).start()
+    install(sandbox, engine)
+    clients = [slow.hit(SRV_V4, 9000) for _ in range(2)]
+    assert all(c.get("closed") for c in clients), clients
+    deadline = time.monotonic() + 15
+    while len(slow.connections("outbound")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    seen = slow.connections("outbound")
+    assert [c.get("original_dst", c.get("error")) for c in seen] == [f"{SRV_V4}:9000"] * 2, seen
+    if engine == "ebpf":  # and the entry still goes when the proxy's socket closes, not only by LRU
+        pinned = os.path.join(sandbox.bpffs, "tpctl", "map_tp_tuple_orig")
+        while _entries(pinned) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _entries(pinned) == 0
+
+
+def _entries(pinned_map: str) -> int:
+    out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", pinned_map],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return len(json.loads(out))
