@@ -16,6 +16,7 @@ import concurrent.futures
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -127,8 +128,16 @@ def qemu_version() -> str:
     return out.splitlines()[0].split("version")[-1].strip() if out else "?"
 
 
+def _stop_on_signal(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (CI's timeout, kill PID) and SIGINT even from a background job (where the shell
+    # ignores it) end the matrix the way Ctrl-C does: every guest it booted goes with it.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
     try:
         preflight()
         matrix = kernels.load()
