@@ -215,4 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as stop:
+        print(f"matrix: stopped ({stop or 'Ctrl-C'}); every guest it booted has ended", file=sys.stderr)
+        sys.exit(130)
