@@ -56,6 +56,8 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
             ebpf_glue.uninstall(previous["ebpf"]["bpffs_path"], previous["ebpf"], dry_run=False)
             previous = None
         record = iptables_engine.InstallRecord(plan.backend)
+        # a replaced install's nf_tables scaffold stays ours to remove once empty
+        record.nft_created = dict((previous or {}).get("iptables", {}).get("nft_created", {}))
         recorded = iptables_engine.recorded_lines(previous)
         steps = iptables_engine.install_steps(config, plan, recorded, record)
         if config.store_firewalld:
@@ -65,6 +67,7 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
             "iptables", digest, choice.to_json(), config.as_dict(), steps=done,
             iptables={"backend": record.backend, "rules": record.rules, "chains": record.chains,
                       "ipv6_passthrough_added": record.ipv6_passthrough_added,
+                      "nft_created": record.nft_created,
                       "firewalld": config.store_firewalld}))
     say(f"tpctl: installed the iptables engine ({plan.backend} backend, "
         f"{', '.join(f.label for f in plan.families)})")

@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# engines and tests: iptables .. haproxy; bench/: wrk nginx-light iperf3 python3-matplotlib;
+# engines and tests: iptables .. haproxy (nftables: nft deletes the empty tables iptables-nft made); bench/: wrk nginx-light iperf3 python3-matplotlib;
 # vagrant/: qemu-system-x86, busybox-static (virtme's initramfs) and kmod (depmod of the fetched
 # kernels, modprobe in guests) for the local kernel matrix; vagrant (`vagrant validate` of the boxes)
-PACKAGES=(iptables iproute2 util-linux python3-venv python3-bpfcc bpftool linux-headers-amd64 haproxy
+PACKAGES=(iptables nftables iproute2 util-linux python3-venv python3-bpfcc bpftool linux-headers-amd64 haproxy
           wrk nginx-light iperf3 python3-matplotlib qemu-system-x86 busybox-static kmod vagrant)
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from engine import passthrough
 from engine.choice import Choice
 from engine.config import Config
-from engine.iptables import live
+from engine.iptables import live, nft_scaffold
 from engine.iptables.backends import Backend, BackendError, make_backend
 from engine.iptables.builder import FamilyInputs, build_family
 from engine.iptables.rules import FamilyPlan
@@ -67,6 +67,8 @@ class InstallRecord:
     rules: dict[str, list[list[str]]] = field(default_factory=dict)  # family -> [table, chain, spec]
     chains: dict[str, list[list[str]]] = field(default_factory=dict)  # family -> [table, chain]
     ipv6_passthrough_added: bool = False
+    # family -> the nf_tables tables and base chains our applies created (nft_scaffold)
+    nft_created: dict[str, dict] = field(default_factory=dict)
 
 
 def _retrying(action, retries: int, pause: float):
@@ -129,20 +131,26 @@ def _apply_step(config: Config, backend: Backend, family: int, label: str, table
     before: dict = {}
 
     def do():
-        before["lines"] = _lines(backend, family, names)
+        before_text = backend.save(family)
+        before["lines"] = _all_lines(live.parse_save(before_text), names)
         _retrying(lambda: backend.apply_tables(family, tables), config.max_retries, config.sleep_between_retries)
         # Record what the kernel now reports, not what we rendered: status compares like with like.
-        after = live.parse_save(backend.save(family))
-        added = _all_lines(after, names) - before["lines"]
+        after_text = backend.save(family)
+        added = _all_lines(live.parse_save(after_text), names) - before["lines"]
         ours = {(t.name, c) for t in tables for c in t.chains}
         record.rules.setdefault(str(family), []).extend([t, c, s] for t, c, s in sorted(added))
         record.chains.setdefault(str(family), []).extend([t, c] for t, c in sorted(ours))
+        if backend.name == "nft":
+            record.nft_created[str(family)] = nft_scaffold.merge(
+                record.nft_created.get(str(family)), nft_scaffold.created(before_text, after_text, ours))
 
     def undo():
         planned = {(t.name, r.chain, r.spec()) for t in tables for r in t.rules}
         recorded = {tuple(x) for x in record.rules.get(str(family), [])} | planned
         owned = live.find_owned(live.parse_save(backend.save(family)), recorded, only_tables=names)
         backend.restore(family, live.removal_script(owned))
+        if backend.name == "nft":
+            nft_scaffold.remove_if_empty(family, record.nft_created.pop(str(family), None))
 
     return Step(label, do, undo)
 
@@ -184,6 +192,8 @@ def uninstall(state: dict | None, wait: int = 5, dry_run: bool = False) -> list[
         if not dry_run:
             backend.restore(family, live.removal_script(owned))
     engine_state = (state or {}).get("iptables", {})
+    for family, created in sorted(engine_state.get("nft_created", {}).items()):
+        report += nft_scaffold.remove_if_empty(int(family), created, dry_run)
     if engine_state.get("ipv6_passthrough_added"):
         report.append("lo: remove ::6/128")
         if not dry_run:

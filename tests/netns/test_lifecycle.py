@@ -173,3 +173,37 @@ def test_uninstall_dry_run_lists_and_changes_nothing(sandbox, engine):
     assert result.returncode == 0 and "would remove: " in result.stdout and "-X TPCTL_OUTBOUND" in result.stdout
     assert snapshot(sandbox) == during
     assert os.path.exists(os.path.join(sandbox.state_dir, "state.json"))
+
+
+def _nft_ruleset(sandbox) -> str:
+    return sandbox.run(sandbox.app, ["nft", "list", "ruleset"]).stdout
+
+
+NFT_FLAGS = ["--redirect-dns", "--drop-invalid-packets", "--iptables-logs"]  # nat, raw and mangle tables
+
+
+def test_on_an_empty_nf_tables_uninstall_leaves_no_empty_tables_behind(sandbox):
+    """iptables-nft creates tables and base chains on first use; they were install's doing."""
+    assert _nft_ruleset(sandbox) == ""
+    install(sandbox, "iptables-nft", *NFT_FLAGS)
+    during = _nft_ruleset(sandbox)
+    assert "table ip nat" in during and "table ip6 nat" in during and "table ip raw" in during
+    result = sandbox.tpctl("uninstall", "--verbose")
+    assert result.returncode == 0, result.stderr
+    assert "delete table nat (empty; install created it)" in result.stdout + result.stderr
+    assert _nft_ruleset(sandbox) == ""
+
+
+def test_a_created_table_that_another_tool_used_since_is_kept_with_its_rule(sandbox):
+    install(sandbox, "iptables-nft", *NFT_FLAGS)
+    sandbox.run(sandbox.app, ["iptables-nft", "-t", "nat", "-A", "OUTPUT", "-d", "198.18.0.77", "-j", "RETURN"])
+    assert sandbox.tpctl("uninstall").returncode == 0
+    left = _nft_ruleset(sandbox)
+    assert "table ip nat" in left and "198.18.0.77" in left and "chain OUTPUT" in left
+    assert "chain PREROUTING" not in left and "TPCTL" not in left and "table ip6 nat" not in left
+
+
+def test_a_rolled_back_install_leaves_no_empty_tables_behind(sandbox):
+    result = sandbox.tpctl(*install_args("iptables-nft", sandbox, *NFT_FLAGS), env={"TPCTL_FAULT_INJECT": "iptables-nft IPv6"})
+    assert result.returncode == 4, result.stderr
+    assert _nft_ruleset(sandbox) == ""

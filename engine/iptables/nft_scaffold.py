@@ -1,0 +1,86 @@
+"""The nf_tables tables and base chains that iptables-nft creates on first use.
+
+Legacy x_tables always has its tables and built-in chains; nf_tables has none until a rule needs
+one, and iptables-nft then creates `table ip nat` and its `PREROUTING`/`OUTPUT` base chains. Our
+rules and TPCTL_ chains go at uninstall, but that scaffold would stay behind, empty. So install
+records which tables and base chains were new, and uninstall deletes those, only while they are
+still empty: anything another tool put there since keeps them.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+from engine.iptables import live
+from engine.iptables.backends import BackendError
+
+NFT_FAMILY = {4: "ip", 6: "ip6"}
+
+
+def scaffold(save_text: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """Tables and chains that iptables-nft-save reports."""
+    tables = live.parse_save(save_text)
+    return set(tables), {(t.name, c) for t in tables.values() for c in t.chains}
+
+
+def created(before: str, after: str, ours: set[tuple[str, str]]) -> dict:
+    """What the apply added besides our own chains: {"tables": [...], "chains": [[table, chain]]}."""
+    tables_before, chains_before = scaffold(before)
+    tables_after, chains_after = scaffold(after)
+    return {"tables": sorted(tables_after - tables_before),
+            "chains": sorted([t, c] for t, c in chains_after - chains_before - ours)}
+
+
+def merge(*records: dict | None) -> dict:
+    tables, chains = set(), set()
+    for record in records:
+        tables |= set((record or {}).get("tables", []))
+        chains |= {tuple(c) for c in (record or {}).get("chains", [])}
+    return {"tables": sorted(tables), "chains": sorted(list(c) for c in chains)}
+
+
+def _nft(*args: str) -> subprocess.CompletedProcess:
+    nft = shutil.which("nft")
+    if nft is None:
+        raise BackendError("nft not found (fix: apt-get install nftables)")
+    return subprocess.run([nft, *args], capture_output=True, text=True, timeout=60)
+
+
+def _listing(family: int, table: str) -> list[dict] | None:
+    """The table's objects as `nft -j` lists them, None when the table is gone."""
+    result = _nft("-j", "list", "table", NFT_FAMILY[family], table)
+    if result.returncode != 0:
+        return None
+    return [obj for obj in json.loads(result.stdout).get("nftables", []) if "metainfo" not in obj]
+
+
+def remove_if_empty(family: int, record: dict | None, dry_run: bool = False) -> list[str]:
+    """Delete the base chains, then the tables, that install created and that hold nothing now."""
+    fam = NFT_FAMILY[family]
+    removed = []
+    for table, chain in (record or {}).get("chains", []):
+        objects = _listing(family, table)
+        if objects is None:
+            continue
+        has_chain = any(o.get("chain", {}).get("name") == chain for o in objects)
+        in_use = any(o.get("rule", {}).get("chain") == chain for o in objects)
+        if has_chain and not in_use:
+            if not dry_run:
+                _checked(_nft("delete", "chain", fam, table, chain))
+            removed.append(f"nft {fam} {table}: delete chain {chain} (empty; install created it)")
+    for table in (record or {}).get("tables", []):
+        objects = _listing(family, table)
+        # only the table itself left (a dry run counts the chains it would have deleted as gone)
+        left = [o for o in objects or [] if "table" not in o and not (
+            dry_run and [table, o.get("chain", {}).get("name")] in record.get("chains", []))]
+        if objects is not None and not left:
+            if not dry_run:
+                _checked(_nft("delete", "table", fam, table))
+            removed.append(f"nft {fam}: delete table {table} (empty; install created it)")
+    return removed
+
+
+def _checked(result: subprocess.CompletedProcess) -> None:
+    if result.returncode != 0:
+        raise BackendError(f"nft failed: {result.stderr.strip()}")
