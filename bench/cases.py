@@ -45,7 +45,7 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("explicit", ROUTE_EXPLICIT),
     Case("iptables-nft", ROUTE_REDIRECT, "iptables-nft"),
     Case("iptables-legacy", ROUTE_REDIRECT, "iptables-legacy"),
-    Case("ebpf", ROUTE_REDIRECT, "ebpf"),
+    Case("ebpf", ROUTE_REDIRECT, "ebpf", ("--ebpf-sk-msg-accel=true",)),
     Case("ebpf-noaccel", ROUTE_REDIRECT, "ebpf", ("--ebpf-sk-msg-accel=false",)),
 )}
 ALIASES = {"iptables": ("iptables-nft", "iptables-legacy")}

@@ -206,7 +206,8 @@ METHOD = """\
   port (127.0.0.1:15080 for HTTP, :15201 for iperf3, fixed server) with nothing installed.
   `iptables-nft`, `iptables-legacy`, `ebpf`, `ebpf-noaccel`: client to 198.18.0.2, redirected by
   `tpctl install` (IPv4, inbound redirect off), installed before and uninstalled after the
-  case's slot; `ebpf-noaccel` adds `--ebpf-sk-msg-accel=false`.
+  case's slot; `ebpf` adds `--ebpf-sk-msg-accel=true` (off by default), `ebpf-noaccel`
+  `--ebpf-sk-msg-accel=false`.
 - New connections: `wrk -t1 -c16 -H 'Connection: close'` (one request per connection).
   Latency: `wrk -t1 -cN --latency` on kept-alive connections. Bulk: `iperf3 -c -t D -J`,
   one stream, Gbit/s received; meanwhile /proc/net/sockstat's TCP `mem` (pages charged to all

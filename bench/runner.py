@@ -14,7 +14,7 @@ from bench.measure import Measurer, RoutingError
 from bench.stack import Stack
 from engine.sandbox.netns import Sandbox
 
-NOACCEL_FLAG = "--ebpf-sk-msg-accel=false"
+ACCEL_FLAG = "--ebpf-sk-msg-accel=true"  # off by default
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,14 @@ def check_accel(case: Case, sockhash_entries: list[int]) -> None:
     """sk_msg acceleration must be what the case says: sockets in the sockhash when on, none when off."""
     if case.engine != "ebpf":
         return
-    accel = NOACCEL_FLAG not in case.extra_flags
+    accel = ACCEL_FLAG in case.extra_flags
     seen = sockhash_entries[-1] if sockhash_entries else None
     if seen is None:
         raise RoutingError(f"{case.name}: the sockhash was not read")
     if accel and seen == 0:
         raise RoutingError(f"{case.name}: sk_msg acceleration is on, yet no socket was in the sockhash")
     if not accel and seen > 0:
-        raise RoutingError(f"{case.name}: {NOACCEL_FLAG} was given, yet {seen} sockets were in the sockhash")
+        raise RoutingError(f"{case.name}: acceleration is off, yet {seen} sockets were in the sockhash")
 
 
 def run_slot(stack: Stack, measurer: Measurer, case: Case, concurrency: list[int]) -> tuple[dict, dict]:

@@ -116,9 +116,9 @@ INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("ebpf-tc-attach-iface", v.interface_name, None,
                "interface for the inbound tc programs (default: first up non-loopback with an address)",
                yaml="ebpf.tcAttachIface"),
-    OptionSpec("ebpf-sk-msg-accel", v.boolean, True,
-               "pass data between local sockets with sk_msg instead of the TCP stack "
-               "(tpctl only; --ebpf-sk-msg-accel=false switches it off)",
+    OptionSpec("ebpf-sk-msg-accel", v.boolean, False,
+               "pass data between the app and its sidecar with sk_msg instead of the TCP stack "
+               "(tpctl only; off by default: the kernel gives it no backpressure, see README)",
                yaml="ebpf.skMsgAcceleration", switch=True),
     OptionSpec("no-fallback", v.boolean, False, "with --ebpf-enabled: fail (exit 3) instead of falling "
                "back to iptables", switch=True),

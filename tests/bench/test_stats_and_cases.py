@@ -43,6 +43,7 @@ def test_case_targets_and_frontends():
     assert explicit.frontend("iperf") == "explicit_iperf"
     assert ebpf.target("http", "198.18.0.2") == ("198.18.0.2", 80) and ebpf.frontend("http") == "outbound"
     assert cases.CASES["ebpf-noaccel"].extra_flags == ("--ebpf-sk-msg-accel=false",)
+    assert cases.CASES["ebpf"].extra_flags == ("--ebpf-sk-msg-accel=true",)  # it is off by default
 
 
 ZERO = {"outbound": 0, "explicit_http": 0, "explicit_iperf": 0}

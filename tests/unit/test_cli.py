@@ -56,7 +56,7 @@ def test_unknown_config_file_exits_2():
 
 
 def test_sk_msg_accel_switch_needs_the_ebpf_engine():
-    result = run("install", "--ebpf-sk-msg-accel=false", "--dry-run")
+    result = run("install", "--ebpf-sk-msg-accel", "--dry-run")
     assert result.exit_code == 2 and "--ebpf-sk-msg-accel needs --ebpf-enabled" in result.output
     result = run("install", "--ebpf-sk-msg-accel=sometimes", "--dry-run")
     assert result.exit_code == 2 and "--ebpf-sk-msg-accel" in result.output
