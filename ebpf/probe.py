@@ -19,8 +19,6 @@ from engine.choice import Check  # one Check type for the pipeline and these pro
 from engine.probe import kernel_version
 
 
-
-
 def check_kernel() -> Check:
     rel = platform.release()
     ok = kernel_version(rel) >= MIN_KERNEL
@@ -111,10 +109,11 @@ def feature_checks(settings=None) -> list:
     cg = getattr(settings, "cgroup_path", None)
     bpffs = getattr(settings, "bpffs_path", None)
     source = getattr(settings, "programs_source_path", None) or DEFAULT_SOURCE_PATH
-    checks = [check_kernel(), check_cgroup2(cg), check_bpffs(bpffs), check_bcc(), check_headers()]
+    bcc, headers = check_bcc(), check_headers()
+    checks = [check_kernel(), check_cgroup2(cg), check_bpffs(bpffs), bcc, headers]
     if os.geteuid() == 0:
         checks.extend(check_program_types())
-        if checks[3].ok and checks[4].ok:  # without bcc or headers the compile says nothing new
+        if bcc.ok and headers.ok:  # without either, a compile would only repeat their failure
             checks.append(check_compile(source))
     else:
         checks.append(Check("prog-types", False, "program type probes need root", "run as root"))
