@@ -155,10 +155,6 @@ def _apply_step(config: Config, backend: Backend, family: int, label: str, table
     return Step(label, do, undo)
 
 
-def _lines(backend: Backend, family: int, names: set[str]) -> set:
-    return _all_lines(live.parse_save(backend.save(family)), names)
-
-
 def _all_lines(tables: dict, names: set[str]) -> set:
     return {(t.name, c, s) for t in tables.values() if t.name in names for c, s in t.rules}
 
