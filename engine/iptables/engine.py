@@ -189,7 +189,10 @@ def uninstall(state: dict | None, wait: int = 5, dry_run: bool = False) -> list[
             backend.restore(family, live.removal_script(owned))
     engine_state = (state or {}).get("iptables", {})
     for family, created in sorted(engine_state.get("nft_created", {}).items()):
-        report += nft_scaffold.remove_if_empty(int(family), created, dry_run)
+        try:
+            report += nft_scaffold.remove_if_empty(int(family), created, dry_run)
+        except BackendError as err:  # our rules are gone; only empty tables would stay
+            report.append(f"kept the empty nf_tables IPv{family} tables install created: {err}")
     if engine_state.get("ipv6_passthrough_added"):
         report.append("lo: remove ::6/128")
         if not dry_run:
