@@ -13,6 +13,8 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 
+from engine.timeouts import bound
+
 XTABLES_DIRS = ("/usr/lib/x86_64-linux-gnu/xtables", "/usr/lib/xtables", "/usr/lib64/xtables",
                 "/usr/lib/aarch64-linux-gnu/xtables")
 NEEDED_MATCHES = ("comment", "owner", "conntrack", "multiport", "tcp", "udp")
@@ -79,7 +81,7 @@ def _count_rules(save_command: str) -> int | None:
     if not path:
         return None
     try:
-        out = subprocess.run([path], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([path], capture_output=True, text=True, timeout=bound(20)).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     return sum(1 for line in out.splitlines() if line.startswith("-A "))
@@ -99,7 +101,7 @@ def iptables_default_mode() -> str | None:
     if not path:
         return None
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=bound(10)).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     return "nf_tables" if "nf_tables" in out else "legacy"

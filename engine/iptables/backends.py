@@ -16,6 +16,7 @@ import sys
 import time
 
 from engine.iptables.rules import COMMENT_PREFIX, FamilyPlan, Rule, TablePlan, table_to_json
+from engine.timeouts import bound
 
 XTABLES_LOCK = "/run/xtables.lock"
 
@@ -43,7 +44,7 @@ class Backend:
         return path
 
     def save(self, family: int) -> str:
-        result = subprocess.run([self.tool(family, "save")], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([self.tool(family, "save")], capture_output=True, text=True, timeout=bound(60))
         if result.returncode != 0:
             raise BackendError(f"{self.tool(family, 'save')} failed: {result.stderr.strip()}")
         return result.stdout
@@ -52,7 +53,7 @@ class Backend:
         if not script.strip():
             return
         command = [self.tool(family, "restore"), "--noflush", f"--wait={self.wait}"]
-        result = subprocess.run(command, input=script, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(command, input=script, capture_output=True, text=True, timeout=bound(120))
         if result.returncode != 0:
             raise BackendError(f"{' '.join(command)} failed: {result.stderr.strip()}\ninput was:\n{script}")
 
@@ -87,7 +88,7 @@ class LegacyBackend(Backend):
         # target REDIRECT"). Each family therefore commits from a process of its own.
         payload = json.dumps({"family": family, "wait": self.wait, "tables": [table_to_json(t) for t in tables]})
         result = subprocess.run([sys.executable, "-m", "engine.iptables.legacy_commit"], input=payload,
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=bound(120))
         if result.returncode != 0:
             raise BackendError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else
                                f"python-iptables commit exited {result.returncode}")

@@ -14,6 +14,7 @@ import subprocess
 
 from engine.iptables import live
 from engine.iptables.backends import BackendError
+from engine.timeouts import bound
 
 NFT_FAMILY = {4: "ip", 6: "ip6"}
 
@@ -44,7 +45,7 @@ def _nft(*args: str) -> subprocess.CompletedProcess:
     nft = shutil.which("nft")
     if nft is None:
         raise BackendError("nft not found (fix: apt-get install nftables)")
-    return subprocess.run([nft, *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([nft, *args], capture_output=True, text=True, timeout=bound(60))
 
 
 def _listing(family: int, table: str) -> list[dict] | None:

@@ -20,18 +20,12 @@ import tempfile
 import time
 
 from engine.probe import mounts_of_type
+from engine.timeouts import bound
 
 APP_V4, SRV_V4 = "198.18.0.1", "198.18.0.2"
 APP_V6, SRV_V6 = "2001:2::1", "2001:2::2"
 PROXY_UID = 5678
-# Every bound here is sized for a real machine. Slow hosts (the kernel matrix's emulated guests)
-# stretch them all with TPCTL_TIMEOUT_SCALE; what a test asserts does not change.
-TIMEOUT_SCALE = float(os.environ.get("TPCTL_TIMEOUT_SCALE", "1"))
-
-
-def bound(seconds: float) -> float:
-    """A time-out of `seconds` on a real machine, on this one."""
-    return seconds * TIMEOUT_SCALE
+# Every time limit here goes through engine.timeouts.bound (TPCTL_TIMEOUT_SCALE on slow hosts).
 
 
 class SandboxError(RuntimeError):

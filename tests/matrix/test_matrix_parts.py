@@ -140,9 +140,10 @@ def test_box_differences_name_what_differs():
 
 
 def test_timeout_scale_stretches_the_sandbox_bounds(monkeypatch):
+    from engine import timeouts
     from engine.sandbox import netns
 
-    monkeypatch.setattr(netns, "TIMEOUT_SCALE", 8.0)
+    monkeypatch.setattr(timeouts, "TIMEOUT_SCALE", 8.0)
     seen = []
 
     def fake_run(argv, **kw):
@@ -156,3 +157,22 @@ def test_timeout_scale_stretches_the_sandbox_bounds(monkeypatch):
     sandbox.wait_for_port("app", 9000)  # its `ss` call
     assert seen == [10 * 8.0, 10 * 8.0]
     assert netns.bound(30) == 240.0
+
+
+def test_timeout_scale_stretches_the_engines_own_limits(monkeypatch):
+    """5.10 under TCG: the first python-iptables commit (module loads) took over 120 s."""
+    from engine import timeouts
+    from engine.iptables import backends
+
+    monkeypatch.setattr(timeouts, "TIMEOUT_SCALE", 12.0)
+    seen = []
+
+    def fake_run(argv, **kw):
+        seen.append(kw["timeout"])
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(backends.subprocess, "run", fake_run)
+    backend = backends.make_backend("legacy", 5, {"iptables-save": "/bin/true"})
+    backend.save(4)
+    backend.apply_tables(4, [])
+    assert seen == [60 * 12.0, 120 * 12.0]
