@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import os
 import shutil
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory", default="2G")
     parser.add_argument("--jobs", type=int, default=1, help="guests booted at once (default 1)")
     parser.add_argument("--results", default=RESULTS, help="where the table and per-kernel records go")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows of kernels and fallbacks not run now from the results' matrix.json")
     return parser.parse_args(argv)
 
 
@@ -121,6 +124,12 @@ def keep(run_dir: str, into: str) -> None:
         else:
             shutil.copy(source, os.path.join(into, name))
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         timeout=30)
+    return out.stdout.strip() or "?"
 
 
 def qemu_version() -> str:
@@ -201,6 +210,23 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "accel": accel, "accel_reason": accel_reason,
             "qemu": qemu_version(), "tests": tests, "ci": args.ci,
             "packages": {k.spec.name: list(k.packages) for k in fetched}}
+    label = f"{meta['when']} at {commit()}"
+    kernel_rows = [dataclasses.replace(r, run=label) for r in kernel_rows]
+    fallback_rows = [dataclasses.replace(r, run=label) for r in fallback_rows]
+    meta["runs"] = {label: {"tests": tests, "ci": args.ci}}
+    previous_path = os.path.join(args.results, "matrix.json")
+    if args.update and os.path.exists(previous_path):
+        with open(previous_path, encoding="utf-8") as handle:
+            previous = json.load(handle)
+        kernel_rows, fallback_rows = table.merge(previous, kernel_rows, fallback_rows,
+                                                 [k.name for k in matrix.kernels], [f.name for f in matrix.fallbacks])
+        kept = {r.run for r in kernel_rows + fallback_rows}
+        old_meta = previous.get("meta") or {}
+        runs = dict(old_meta.get("runs") or {old_meta.get("when", "?"): {"tests": old_meta.get("tests", []),
+                                                                         "ci": old_meta.get("ci", False)}},
+                    **meta["runs"])
+        meta["runs"] = {k: v for k, v in runs.items() if k in kept}
+        meta["packages"] = dict((previous.get("meta") or {}).get("packages") or {}, **meta["packages"])
     text = table.markdown(kernel_rows, fallback_rows, meta)
     with open(os.path.join(args.results, "matrix.md"), "w", encoding="utf-8") as handle:
         handle.write(text)

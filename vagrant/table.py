@@ -18,6 +18,7 @@ class KernelRow:
     boot_seconds: float  # the whole guest: boot, checks and tests
     test_seconds: float
     problems: tuple[str, ...] = field(default_factory=tuple)
+    run: str = ""  # which `make matrix` run made the row ("when, commit"): --update keeps older rows
 
     @property
     def ok(self) -> bool:
@@ -35,6 +36,7 @@ class FallbackRow:
     why: str
     no_fallback_exit: int | None
     ok: bool
+    run: str = ""
 
 
 def kernel_row(name: str, expected: str, accel: str, result: dict | None, boot_seconds: float,
@@ -60,15 +62,43 @@ def fallback_row(spec_name: str, condition: str, expected: str, found: dict | No
                        bool(found.get("ok")))
 
 
+def merge(previous: dict | None, kernels: list[KernelRow], fallbacks: list[FallbackRow],
+          kernel_order: list[str], fallback_order: list[str]) -> tuple[list[KernelRow], list[FallbackRow]]:
+    """--update: this run's rows replace rows of the same name in the previous record (matrix.json);
+    the others stay, each still naming the run that made it. Rows come in kernels.yaml's order."""
+    # a record written before rows named their run: its rows are the run of its own date
+    older = (previous or {}).get("meta", {}).get("when", "?")
+    old_k = {r["name"]: KernelRow(**dict({k: v for k, v in r.items() if k != "ok"}, problems=tuple(r["problems"]),
+                                         run=r.get("run") or older))
+             for r in (previous or {}).get("kernels", [])}
+    old_f = {r["name"]: FallbackRow(**dict(r, run=r.get("run") or older)) for r in (previous or {}).get("fallbacks", [])}
+    new_k = dict(old_k, **{r.name: r for r in kernels})
+    new_f = dict(old_f, **{r.name: r for r in fallbacks})
+
+    def ordered(rows: dict, order: list[str]) -> list:
+        return [rows[n] for n in order if n in rows] + [rows[n] for n in rows if n not in order]
+
+    return ordered(new_k, kernel_order), ordered(new_f, fallback_order)
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown(kernels: list[KernelRow], fallbacks: list[FallbackRow], meta: dict) -> str:
-    lines = [f"Kernel matrix, {meta.get('when', '')}, accel {meta.get('accel', '?')} "
-             f"({meta.get('accel_reason', '')}), host QEMU {meta.get('qemu', '?')}.",
-             f"Tests in each guest{' (--ci subset)' if meta.get('ci') else ''}: "
-             + " ".join(f"`{t}`" for t in meta.get("tests", [])), "",
+    runs = meta.get("runs") or {}
+    several = len({r.run for r in kernels + fallbacks}) > 1
+    if several:  # rows from several runs (--update): each run described once, each row names its run
+        head = [f"Kernel matrix, rows from {len(runs)} runs (`make matrix MATRIX_ARGS=--update`), accel "
+                f"{meta.get('accel', '?')} ({meta.get('accel_reason', '')}), host QEMU {meta.get('qemu', '?')}."]
+        head += [f"- run {label}: tests in each guest{' (--ci subset)' if run.get('ci') else ''}: "
+                 + " ".join(f"`{t}`" for t in run.get("tests", [])) for label, run in sorted(runs.items())]
+    else:
+        head = [f"Kernel matrix, {meta.get('when', '')}, accel {meta.get('accel', '?')} "
+                f"({meta.get('accel_reason', '')}), host QEMU {meta.get('qemu', '?')}.",
+                f"Tests in each guest{' (--ci subset)' if meta.get('ci') else ''}: "
+                + " ".join(f"`{t}`" for t in meta.get("tests", []))]
+    lines = head + ["",
              "| kernel | release | engine chosen (expected) | why | tests passed / failed / skipped | "
              "guest s (tests s) | result |",
              "|---|---|---|---|---|---|---|"]
@@ -76,14 +106,16 @@ def markdown(kernels: list[KernelRow], fallbacks: list[FallbackRow], meta: dict)
         lines.append("| " + " | ".join(_cell(c) for c in (
             row.name, row.release, f"{row.engine or '-'} ({row.expected})", row.why or "-",
             f"{row.passed} / {row.failed} / {row.skipped}", f"{row.boot_seconds:.0f} ({row.test_seconds:.0f})",
-            "ok" if row.ok else "FAIL: " + "; ".join(row.problems or ("engine or tests differ",)))) + " |")
+            ("ok" if row.ok else "FAIL: " + "; ".join(row.problems or ("engine or tests differ",)))
+            + (f" (run {row.run})" if several else ""))) + " |")
     if fallbacks:
         lines += ["", "| fallback | kernel seen | condition | engine chosen (expected) | why | "
                       "--no-fallback exit | result |", "|---|---|---|---|---|---|---|"]
         for row in fallbacks:
             lines.append("| " + " | ".join(_cell(c) for c in (
                 row.name, row.release, row.condition, f"{row.engine or '-'} ({row.expected})", row.why or "-",
-                "-" if row.no_fallback_exit is None else row.no_fallback_exit, "ok" if row.ok else "FAIL")) + " |")
+                "-" if row.no_fallback_exit is None else row.no_fallback_exit,
+                ("ok" if row.ok else "FAIL") + (f" (run {row.run})" if several else ""))) + " |")
     return "\n".join(lines) + "\n"
 
 

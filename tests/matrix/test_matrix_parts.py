@@ -2,6 +2,7 @@
 KVM/TCG decision, what the guest reads from tpctl and pytest, and the table. No VM is booted."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 
 import pytest
@@ -176,3 +177,19 @@ def test_timeout_scale_stretches_the_engines_own_limits(monkeypatch):
     backend.save(4)
     backend.apply_tables(4, [])
     assert seen == [60 * 12.0, 120 * 12.0]
+
+
+def test_update_replaces_the_rows_run_now_and_keeps_the_others_with_their_run():
+    earlier = table.kernel_row("debian12-6.1", "ebpf", "tcg", GOOD, 700.0, None)
+    died = table.kernel_row("debian11-5.10", "ebpf", "tcg", {"release": "5.10.0-9-amd64"}, 2700.0, "killed")
+    fb = table.fallback_row("no-cgroup2", "no-cgroup2", "iptables", {"ok": True, "engine": "iptables"})
+    previous = table.as_json([died, earlier], [fb], {"when": "2026-11-21 17:26 UTC", "tests": ["t"]})
+    rerun = dataclasses.replace(table.kernel_row("debian11-5.10", "ebpf", "tcg", GOOD, 900.0, None),
+                                run="2026-11-21 18:30 UTC at abc1234")
+    kernels_now, fallbacks_now = table.merge(previous, [rerun], [], ["debian11-5.10", "debian12-6.1"], ["no-cgroup2"])
+    assert [(r.name, r.ok, r.run) for r in kernels_now] == [
+        ("debian11-5.10", True, "2026-11-21 18:30 UTC at abc1234"), ("debian12-6.1", True, "2026-11-21 17:26 UTC")]
+    assert [(r.name, r.run) for r in fallbacks_now] == [("no-cgroup2", "2026-11-21 17:26 UTC")]
+    text = table.markdown(kernels_now, fallbacks_now, {"runs": {
+        "2026-11-21 17:26 UTC": {"tests": ["t"]}, "2026-11-21 18:30 UTC at abc1234": {"tests": ["t"]}}})
+    assert "rows from 2 runs" in text and "ok (run 2026-11-21 18:30 UTC at abc1234) |" in text
