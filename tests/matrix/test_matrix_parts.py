@@ -140,9 +140,10 @@ def test_box_differences_name_what_differs():
     assert len(bad) == 5
 
 
-def test_timeout_scale_stretches_the_sandbox_bounds(monkeypatch):
+@pytest.fixture
+def timeouts_seen(monkeypatch):
+    """TPCTL_TIMEOUT_SCALE at 8, and every subprocess.run's timeout recorded instead of run."""
     from engine import timeouts
-    from engine.sandbox import netns
 
     monkeypatch.setattr(timeouts, "TIMEOUT_SCALE", 8.0)
     seen = []
@@ -151,32 +152,29 @@ def test_timeout_scale_stretches_the_sandbox_bounds(monkeypatch):
         seen.append(kw["timeout"])
         return subprocess.CompletedProcess(argv, 0, "LISTEN", "")
 
-    monkeypatch.setattr(netns.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    return seen
+
+
+def test_timeout_scale_stretches_the_sandbox_bounds(timeouts_seen):
+    from engine.sandbox import netns
+
     sandbox = netns.Sandbox.__new__(netns.Sandbox)
     sandbox.cgroup, sandbox.app = None, "app"
     sandbox.run("app", ["true"], timeout=10)
     sandbox.wait_for_port("app", 9000)  # its `ss` call
-    assert seen == [10 * 8.0, 10 * 8.0]
+    assert timeouts_seen == [10 * 8.0, 10 * 8.0]
     assert netns.bound(30) == 240.0
 
 
-def test_timeout_scale_stretches_the_engines_own_limits(monkeypatch):
+def test_timeout_scale_stretches_the_engines_own_limits(timeouts_seen):
     """5.10 under TCG: the first python-iptables commit (module loads) took over 120 s."""
-    from engine import timeouts
     from engine.iptables import backends
 
-    monkeypatch.setattr(timeouts, "TIMEOUT_SCALE", 12.0)
-    seen = []
-
-    def fake_run(argv, **kw):
-        seen.append(kw["timeout"])
-        return subprocess.CompletedProcess(argv, 0, "", "")
-
-    monkeypatch.setattr(backends.subprocess, "run", fake_run)
     backend = backends.make_backend("legacy", 5, {"iptables-save": "/bin/true"})
     backend.save(4)
     backend.apply_tables(4, [])
-    assert seen == [60 * 12.0, 120 * 12.0]
+    assert timeouts_seen == [60 * 8.0, 120 * 8.0]
 
 
 def test_update_replaces_the_rows_run_now_and_keeps_the_others_with_their_run():
