@@ -222,15 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.update and os.path.exists(previous_path):
         with open(previous_path, encoding="utf-8") as handle:
             previous = json.load(handle)
-        kernel_rows, fallback_rows = table.merge(previous, kernel_rows, fallback_rows,
-                                                 [k.name for k in matrix.kernels], [f.name for f in matrix.fallbacks])
-        kept = {r.run for r in kernel_rows + fallback_rows}
-        old_meta = previous.get("meta") or {}
-        runs = dict(old_meta.get("runs") or {old_meta.get("when", "?"): {"tests": old_meta.get("tests", []),
-                                                                         "ci": old_meta.get("ci", False)}},
-                    **meta["runs"])
-        meta["runs"] = {k: v for k, v in runs.items() if k in kept}
-        meta["packages"] = dict((previous.get("meta") or {}).get("packages") or {}, **meta["packages"])
+        kernel_rows, fallback_rows, meta = table.merge(previous, kernel_rows, fallback_rows, meta,
+                                                       [k.name for k in matrix.kernels],
+                                                       [f.name for f in matrix.fallbacks])
     text = table.markdown(kernel_rows, fallback_rows, meta)
     with open(os.path.join(args.results, "matrix.md"), "w", encoding="utf-8") as handle:
         handle.write(text)

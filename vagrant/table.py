@@ -62,12 +62,14 @@ def fallback_row(spec_name: str, condition: str, expected: str, found: dict | No
                        bool(found.get("ok")))
 
 
-def merge(previous: dict | None, kernels: list[KernelRow], fallbacks: list[FallbackRow],
-          kernel_order: list[str], fallback_order: list[str]) -> tuple[list[KernelRow], list[FallbackRow]]:
+def merge(previous: dict | None, kernels: list[KernelRow], fallbacks: list[FallbackRow], meta: dict,
+          kernel_order: list[str], fallback_order: list[str]) -> tuple[list[KernelRow], list[FallbackRow], dict]:
     """--update: this run's rows replace rows of the same name in the previous record (matrix.json);
-    the others stay, each still naming the run that made it. Rows come in kernels.yaml's order."""
+    the others stay, each still naming the run that made it, and `meta` keeps those runs' tests and
+    packages. Rows come in kernels.yaml's order."""
+    old_meta = (previous or {}).get("meta") or {}
     # a record written before rows named their run: its rows are the run of its own date
-    older = (previous or {}).get("meta", {}).get("when", "?")
+    older = old_meta.get("when", "?")
     old_k = {r["name"]: KernelRow(**dict({k: v for k, v in r.items() if k != "ok"}, problems=tuple(r["problems"]),
                                          run=r.get("run") or older))
              for r in (previous or {}).get("kernels", [])}
@@ -78,7 +80,13 @@ def merge(previous: dict | None, kernels: list[KernelRow], fallbacks: list[Fallb
     def ordered(rows: dict, order: list[str]) -> list:
         return [rows[n] for n in order if n in rows] + [rows[n] for n in rows if n not in order]
 
-    return ordered(new_k, kernel_order), ordered(new_f, fallback_order)
+    rows_k, rows_f = ordered(new_k, kernel_order), ordered(new_f, fallback_order)
+    runs = dict(old_meta.get("runs") or {older: {"tests": old_meta.get("tests", []), "ci": old_meta.get("ci", False)}},
+                **meta.get("runs", {}))
+    kept = {r.run for r in rows_k + rows_f}
+    merged = dict(meta, runs={k: v for k, v in runs.items() if k in kept},
+                  packages=dict(old_meta.get("packages") or {}, **meta.get("packages", {})))
+    return rows_k, rows_f, merged
 
 
 def _cell(text: str) -> str:

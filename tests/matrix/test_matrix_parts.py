@@ -184,10 +184,13 @@ def test_update_replaces_the_rows_run_now_and_keeps_the_others_with_their_run():
     previous = table.as_json([died, earlier], [fb], {"when": "2026-11-21 17:26 UTC", "tests": ["t"]})
     rerun = dataclasses.replace(table.kernel_row("debian11-5.10", "ebpf", "tcg", GOOD, 900.0, None),
                                 run="2026-11-21 18:30 UTC at abc1234")
-    kernels_now, fallbacks_now = table.merge(previous, [rerun], [], ["debian11-5.10", "debian12-6.1"], ["no-cgroup2"])
+    now = {"runs": {"2026-11-21 18:30 UTC at abc1234": {"tests": ["t"]}}}
+    kernels_now, fallbacks_now, meta = table.merge(previous, [rerun], [], now, ["debian11-5.10", "debian12-6.1"],
+                                                   ["no-cgroup2"])
     assert [(r.name, r.ok, r.run) for r in kernels_now] == [
         ("debian11-5.10", True, "2026-11-21 18:30 UTC at abc1234"), ("debian12-6.1", True, "2026-11-21 17:26 UTC")]
     assert [(r.name, r.run) for r in fallbacks_now] == [("no-cgroup2", "2026-11-21 17:26 UTC")]
-    text = table.markdown(kernels_now, fallbacks_now, {"runs": {
-        "2026-11-21 17:26 UTC": {"tests": ["t"]}, "2026-11-21 18:30 UTC at abc1234": {"tests": ["t"]}}})
+    assert meta["runs"] == {"2026-11-21 17:26 UTC": {"tests": ["t"], "ci": False},
+                            "2026-11-21 18:30 UTC at abc1234": {"tests": ["t"]}}
+    text = table.markdown(kernels_now, fallbacks_now, meta)
     assert "rows from 2 runs" in text and "ok (run 2026-11-21 18:30 UTC at abc1234) |" in text
