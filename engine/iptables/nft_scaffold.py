@@ -57,25 +57,25 @@ def _listing(family: int, table: str) -> list[dict] | None:
 
 
 def remove_if_empty(family: int, record: dict | None, dry_run: bool = False) -> list[str]:
-    """Delete the base chains, then the tables, that install created and that hold nothing now."""
+    """Delete the base chains, then the tables, that install created and that hold nothing now.
+    Each table is listed once, and what goes is decided from that listing before anything does."""
     fam = NFT_FAMILY[family]
+    created_chains = {tuple(c) for c in (record or {}).get("chains", [])}
+    created_tables = set((record or {}).get("tables", []))
     removed = []
-    for table, chain in (record or {}).get("chains", []):
+    for table in sorted(created_tables | {t for t, _ in created_chains}):
         objects = _listing(family, table)
         if objects is None:
             continue
-        has_chain = any(o.get("chain", {}).get("name") == chain for o in objects)
-        in_use = any(o.get("rule", {}).get("chain") == chain for o in objects)
-        if has_chain and not in_use:
+        in_use = {o["rule"].get("chain") for o in objects if "rule" in o}
+        empty = sorted(c["chain"]["name"] for c in objects if "chain" in c and (table, c["chain"]["name"])
+                       in created_chains and c["chain"]["name"] not in in_use)
+        for chain in empty:
             if not dry_run:
                 _checked(_nft("delete", "chain", fam, table, chain))
             removed.append(f"nft {fam} {table}: delete chain {chain} (empty; install created it)")
-    for table in (record or {}).get("tables", []):
-        objects = _listing(family, table)
-        # only the table itself left (a dry run counts the chains it would have deleted as gone)
-        left = [o for o in objects or [] if "table" not in o and not (
-            dry_run and [table, o.get("chain", {}).get("name")] in record.get("chains", []))]
-        if objects is not None and not left:
+        left = [o for o in objects if "table" not in o and o.get("chain", {}).get("name") not in empty]
+        if table in created_tables and not left:
             if not dry_run:
                 _checked(_nft("delete", "table", fam, table))
             removed.append(f"nft {fam}: delete table {table} (empty; install created it)")
