@@ -16,6 +16,8 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 
+from vagrant import table
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EBPF_FLAGS = ["--experimental-transparent-proxy-engine", "--ebpf-enabled"]
 # The guest has no NIC (no user-mode network: the tests make their own namespaces); the eBPF
@@ -159,10 +161,11 @@ def run_tests(job: dict, out: str) -> dict:
         except subprocess.TimeoutExpired:
             code = 124
             log.write(f"\nvagrant.guest: pytest killed after {job['tests_timeout']} s\n")
-    counts = junit_counts(junit) if os.path.exists(junit) else {"passed": 0, "failed": 0, "skipped": 0}
-    failed_names = junit_failures(junit) if os.path.exists(junit) else []
-    return {**counts, "exit": code, "seconds": round(time.monotonic() - started, 1),
-            "failures": failed_names}
+    seconds = round(time.monotonic() - started, 1)
+    if os.path.exists(junit):
+        return {**junit_counts(junit), "exit": code, "seconds": seconds, "failures": junit_failures(junit)}
+    with open(os.path.join(out, "pytest.log"), encoding="utf-8", errors="replace") as log:
+        return {**table.pytest_log_counts(log.read()), "exit": code, "seconds": seconds, "from_log": True}
 
 
 def junit_counts(path: str) -> dict:

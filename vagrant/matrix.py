@@ -30,6 +30,8 @@ REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 # what each guest leaves in its run dir that the results keep
 ARTEFACTS = ("result.json", "status.json", "probe.json", "choice.txt", "pytest.log", "junit.xml", "console.log")
+# every guest mounts a fresh tmpfs on these (virtme-ng's init, then vagrant/guest.py's prepare)
+GUEST_TMPFS = ("/tmp", "/run", "/var/tmp", "/var/log", "/dev/shm", "/usr/src")
 CONSOLE_KEEP = 200_000  # bytes of a console log kept in results (the end is what explains a failure)
 
 
@@ -67,6 +69,11 @@ def preflight() -> None:
         missing.append(f"{boot.VIRTME_RUN} (fix: {os.path.dirname(sys.executable)}/pip install virtme-ng)")
     if missing:
         raise MatrixError("missing: " + ", ".join(missing))
+    hidden = [d for d in GUEST_TMPFS if os.path.realpath(REPO).startswith(d + "/")]
+    if hidden:
+        raise MatrixError(f"the checkout {REPO} is under {hidden[0]}, which every guest mounts afresh, so the "
+                          f"guests would not see it (fix: run the matrix from a clone outside "
+                          f"{', '.join(GUEST_TMPFS)})")
 
 
 def select(matrix: kernels.Matrix, names: str | None, ci: bool) -> list[kernels.KernelSpec]:
@@ -104,12 +111,23 @@ def run_guest(kernel: kernels.Kernel, job: dict, accel: str, args,
     script = f"cd {REPO} && exec {sys.executable} -m vagrant.guest {job_path}"
     guest = boot.Guest(kernel.image, run_dir, script, accel, kernel.spec.cpu, args.cpus or boot.default_cpus(accel),
                        args.memory, tuple(kernel_args))
-    result = boot.run(guest, args.guest_timeout)
+    booted = boot.run(guest, args.guest_timeout)
     try:
         with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as handle:
-            return json.load(handle), result, run_dir
+            result = json.load(handle)
     except (OSError, ValueError):
-        return None, result, run_dir
+        result = None
+    return with_counts_so_far(result, job, run_dir), booted, run_dir
+
+
+def with_counts_so_far(result: dict | None, job: dict, run_dir: str) -> dict | None:
+    """A guest killed while its tests ran has no test record: count what its pytest.log shows."""
+    log = os.path.join(run_dir, "pytest.log")
+    if not job["tests"] or (result or {}).get("tests") or not os.path.exists(log):
+        return result
+    with open(log, encoding="utf-8", errors="replace") as handle:
+        counts = table.pytest_log_counts(handle.read())
+    return dict(result or {}, tests=dict(counts, exit=None, seconds=0.0, from_log=True))
 
 
 def keep(run_dir: str, into: str) -> None:

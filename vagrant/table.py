@@ -1,6 +1,7 @@
 """Rows of the matrix (from each guest's result.json) and their rendering. Pure."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 
@@ -46,6 +47,8 @@ def kernel_row(name: str, expected: str, accel: str, result: dict | None, boot_s
     problems = [p for p in (boot_problem,) if p] + list(result.get("prepare_problems", []))
     if not result.get("done"):
         problems.append("the guest did not finish (see console.log)")
+    if tests.get("from_log"):
+        problems.append("tests counted from pytest.log up to the stop")
     if tests and tests.get("exit") not in (0, None):
         problems.append(f"pytest exit {tests.get('exit')}")
     problems += [f"failed: {name}" for name in tests.get("failures", [])]
@@ -53,6 +56,23 @@ def kernel_row(name: str, expected: str, accel: str, result: dict | None, boot_s
     return KernelRow(name, result.get("release", "?"), accel, expected, choice.get("engine", ""), why,
                      tests.get("passed", 0), tests.get("failed", 0), tests.get("skipped", 0),
                      boot_seconds, tests.get("seconds", 0.0), tuple(problems))
+
+
+# `pytest -v` prints one line per outcome as it goes ("tests/x.py::t[p] PASSED   [ 12%]"); a test
+# that passes and then errors in teardown gets a second line. -ra's summary puts the outcome first.
+_OUTCOME = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", re.M)
+
+
+def pytest_log_counts(text: str) -> dict:
+    """What a `pytest -v` log says had run when pytest, or its whole guest, was stopped: junit.xml
+    is written only at the end, and "0 passed" would hide how far a slow kernel got."""
+    outcomes: dict[str, set[str]] = {}
+    for node, outcome in _OUTCOME.findall(text):
+        outcomes.setdefault(node, set()).add(outcome)
+    failures = [node for node, seen in outcomes.items() if seen & {"FAILED", "ERROR"}]
+    skipped = [node for node, seen in outcomes.items() if node not in failures and seen & {"SKIPPED", "XFAIL"}]
+    return {"passed": len(outcomes) - len(failures) - len(skipped), "failed": len(failures),
+            "skipped": len(skipped), "failures": failures}
 
 
 def fallback_row(spec_name: str, condition: str, expected: str, found: dict | None) -> FallbackRow:

@@ -194,3 +194,60 @@ def test_update_replaces_the_rows_run_now_and_keeps_the_others_with_their_run():
                             "2026-11-21 18:30 UTC at abc1234": {"tests": ["t"]}}
     text = table.markdown(kernels_now, fallbacks_now, meta)
     assert "rows from 2 runs" in text and "ok (run 2026-11-21 18:30 UTC at abc1234) |" in text
+
+
+PYTEST_LOG = """\
+============================= test session starts ==============================
+tests/netns/test_traffic.py::test_outbound[ebpf] PASSED                  [  2%]
+tests/netns/test_traffic.py::test_outbound[iptables-nft] FAILED          [  4%]
+tests/netns/test_traffic.py::test_inbound[ebpf] PASSED                   [  6%]
+tests/netns/test_traffic.py::test_inbound[ebpf] ERROR                    [  6%]
+tests/netns/test_traffic.py::test_dns[ebpf] SKIPPED (no resolver)        [  8%]
+tests/ebpf/test_probe.py::test_probe_record PASSED                       [ 10%]
+tests/ebpf/test_probe.py::test_probe_kernel
+vagrant.guest: pytest killed after 10500 s
+=========================== short test summary info ============================
+FAILED tests/netns/test_traffic.py::test_outbound[iptables-nft] - AssertionError
+"""
+
+
+def test_counts_from_a_pytest_log_cut_short():
+    counts = table.pytest_log_counts(PYTEST_LOG)
+    # a teardown ERROR after PASSED is a failure; a test cut off mid-way is not counted; -ra's summary is not
+    # a second outcome
+    assert counts == {"passed": 2, "failed": 2, "skipped": 1,
+                      "failures": ["tests/netns/test_traffic.py::test_outbound[iptables-nft]",
+                                   "tests/netns/test_traffic.py::test_inbound[ebpf]"]}
+    assert table.pytest_log_counts("") == {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
+
+
+def test_a_guest_killed_during_its_tests_shows_how_far_they_got(tmp_path):
+    (tmp_path / "pytest.log").write_text(PYTEST_LOG)
+    job = {"tests": ["tests/netns/test_traffic.py"]}
+    half = {"kernel": "debian11-5.10", "release": "5.10.0-32-amd64", "choice": {"engine": "ebpf", "failed_checks": []}}
+    result = matrix.with_counts_so_far(half, job, str(tmp_path))
+    row = table.kernel_row("debian11-5.10", "ebpf", "tcg", result, 6000.0, "killed after 6000 s")
+    assert (row.passed, row.failed, row.skipped) == (2, 2, 1) and not row.ok
+    assert "tests counted from pytest.log up to the stop" in row.problems
+    assert "failed: tests/netns/test_traffic.py::test_outbound[iptables-nft]" in row.problems
+    # a guest that finished keeps its own (junit) record; a guest with no tests to run gets none
+    assert matrix.with_counts_so_far(GOOD, job, str(tmp_path)) is GOOD
+    assert matrix.with_counts_so_far(half, {"tests": []}, str(tmp_path)) is half
+    assert matrix.with_counts_so_far(half, job, str(tmp_path / "nothing")) is half
+
+
+def test_the_guest_counts_from_its_log_when_pytest_is_killed(tmp_path, monkeypatch):
+    def killed(argv, stdout, **kwargs):
+        stdout.write(PYTEST_LOG)
+        raise subprocess.TimeoutExpired(argv, kwargs["timeout"])
+    monkeypatch.setattr(guest, "sh", lambda *a, **k: subprocess.CompletedProcess(a, 0, "", ""))
+    monkeypatch.setattr(guest.subprocess, "run", killed)
+    tests = guest.run_tests({"tests": ["tests/netns"], "tests_timeout": 5}, str(tmp_path))
+    assert tests["exit"] == 124 and tests["from_log"] and (tests["passed"], tests["failed"]) == (2, 2)
+    assert "pytest killed after 5 s" in (tmp_path / "pytest.log").read_text()
+
+
+def test_the_matrix_refuses_a_checkout_the_guests_cannot_see(monkeypatch):
+    monkeypatch.setattr(matrix, "REPO", "/tmp/tpctl-clone")
+    with pytest.raises(kernels.MatrixError, match=r"under /tmp, which every guest mounts afresh.*outside /tmp"):
+        matrix.preflight()
