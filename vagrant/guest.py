@@ -189,6 +189,9 @@ def main(job_path: str) -> int:
         job = dict(json.load(handle), path=job_path)
     out = os.path.dirname(job_path)
     result: dict = {"kernel": job["name"], "release": platform.release()}
+    # tpctl's own subprocess limits (engine/timeouts.py) for the choice and fallback installs too,
+    # not only for the tests: their first iptables commit on a slow TCG kernel takes minutes
+    os.environ["TPCTL_TIMEOUT_SCALE"] = str(job.get("timeout_scale", 8))
 
     def save() -> None:
         with open(os.path.join(out, "result.json.tmp"), "w", encoding="utf-8") as handle:
