@@ -182,15 +182,18 @@ def uninstall(state: dict | None, wait: int = 5, dry_run: bool = False) -> list[
     """Remove our rules and chains from every backend and family; return what was removed."""
     recorded = recorded_lines(state)
     report = []
+    in_nft: dict[int, live.Owned] = {}  # what a dry run leaves in nf_tables, counted as gone
     for backend, family, owned in owned_everywhere(wait, recorded):
         report += [f"{backend.name} IPv{family} {t}: -D {c} {s}" for t, c, _i, s in owned.rules]
         report += [f"{backend.name} IPv{family} {t}: -X {c}" for t, c, _r in owned.chains]
         if not dry_run:
             backend.restore(family, live.removal_script(owned))
+        elif backend.name == "nft":
+            in_nft[family] = owned
     engine_state = (state or {}).get("iptables", {})
     for family, created in sorted(engine_state.get("nft_created", {}).items()):
         try:
-            report += nft_scaffold.remove_if_empty(int(family), created, dry_run)
+            report += nft_scaffold.remove_if_empty(int(family), created, dry_run, in_nft.get(int(family)))
         except BackendError as err:  # our rules are gone; only empty tables would stay
             report.append(f"kept the empty nf_tables IPv{family} tables install created: {err}")
     if engine_state.get("ipv6_passthrough_added"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections import Counter
 
 from engine.iptables import live
 from engine.iptables.backends import BackendError
@@ -56,9 +57,11 @@ def _listing(family: int, table: str) -> list[dict] | None:
     return [obj for obj in json.loads(result.stdout).get("nftables", []) if "metainfo" not in obj]
 
 
-def remove_if_empty(family: int, record: dict | None, dry_run: bool = False) -> list[str]:
+def remove_if_empty(family: int, record: dict | None, dry_run: bool = False,
+                    going: live.Owned | None = None) -> list[str]:
     """Delete the base chains, then the tables, that install created and that hold nothing now.
-    Each table is listed once, and what goes is decided from that listing before anything does."""
+    Each table is listed once, and what goes is decided from that listing before anything does.
+    `going`: on a dry run our rules and chains are still there; they count as removed already."""
     fam = NFT_FAMILY[family]
     created_chains = {tuple(c) for c in (record or {}).get("chains", [])}
     created_tables = set((record or {}).get("tables", []))
@@ -67,19 +70,32 @@ def remove_if_empty(family: int, record: dict | None, dry_run: bool = False) -> 
         objects = _listing(family, table)
         if objects is None:
             continue
-        in_use = {o["rule"].get("chain") for o in objects if "rule" in o}
-        empty = sorted(c["chain"]["name"] for c in objects if "chain" in c and (table, c["chain"]["name"])
-                       in created_chains and c["chain"]["name"] not in in_use)
+        empty, whole_table = what_goes(objects, table, created_chains, table in created_tables, going)
         for chain in empty:
             if not dry_run:
                 _checked(_nft("delete", "chain", fam, table, chain))
             removed.append(f"nft {fam} {table}: delete chain {chain} (empty; install created it)")
-        left = [o for o in objects if "table" not in o and o.get("chain", {}).get("name") not in empty]
-        if table in created_tables and not left:
+        if whole_table:
             if not dry_run:
                 _checked(_nft("delete", "table", fam, table))
             removed.append(f"nft {fam}: delete table {table} (empty; install created it)")
     return removed
+
+
+def what_goes(objects: list[dict], table: str, created_chains: set[tuple[str, str]], table_created: bool,
+              going: live.Owned | None = None) -> tuple[list[str], bool]:
+    """From one table's `nft -j` listing: the base chains install created that hold no rule (once
+    `going` is gone), and whether the table is then empty and install's to delete."""
+    gone_chains = {c for t, c, _ in (going.chains if going else ()) if t == table}
+    gone_rules = Counter(c for t, c, _, _ in (going.rules if going else ()) if t == table)
+    rules = Counter(o["rule"].get("chain") for o in objects if "rule" in o)
+    in_use = {c for c, n in rules.items() if c not in gone_chains and n > gone_rules[c]}
+    chains = [o["chain"]["name"] for o in objects if "chain" in o and o["chain"]["name"] not in gone_chains]
+    empty = sorted(c for c in chains if (table, c) in created_chains and c not in in_use)
+    # sets, maps, flowtables...: anything else another tool made keeps the table too
+    others = [o for o in objects if not {"table", "chain", "rule"} & set(o)]
+    left = [c for c in chains if c not in empty] + others
+    return empty, table_created and not left
 
 
 def _checked(result: subprocess.CompletedProcess) -> None:

@@ -188,10 +188,17 @@ def test_on_an_empty_nf_tables_uninstall_leaves_no_empty_tables_behind(sandbox):
     install(sandbox, "iptables-nft", *NFT_FLAGS)
     during = _nft_ruleset(sandbox)
     assert "table ip nat" in during and "table ip6 nat" in during and "table ip raw" in during
+    planned = sandbox.tpctl("uninstall", "--dry-run")
+    assert planned.returncode == 0 and _nft_ruleset(sandbox) == during
     result = sandbox.tpctl("uninstall", "--verbose")
     assert result.returncode == 0, result.stderr
     assert "delete table nat (empty; install created it)" in result.stdout + result.stderr
     assert _nft_ruleset(sandbox) == ""
+    # the dry run named every table and chain the real one deleted, no more
+    would = {line.split("would remove: ", 1)[1] for line in planned.stdout.splitlines() if "would remove: " in line}
+    did = {line.split("removed: ", 1)[1] for line in result.stdout.splitlines() if "removed: " in line}
+    assert {line for line in did if line.startswith("nft ")} == {line for line in would if line.startswith("nft ")}
+    assert would == did
 
 
 def test_a_created_table_that_another_tool_used_since_is_kept_with_its_rule(sandbox):

@@ -1,5 +1,5 @@
 """What install records of the nf_tables scaffold iptables-nft made (pure: save texts in, lists out)."""
-from engine.iptables import nft_scaffold
+from engine.iptables import live, nft_scaffold
 
 BEFORE = """*filter
 :INPUT ACCEPT [0:0]
@@ -30,3 +30,39 @@ def test_merge_keeps_what_earlier_installs_created():
     second = {"tables": ["raw"], "chains": [["nat", "OUTPUT"], ["raw", "PREROUTING"]]}
     assert nft_scaffold.merge(first, None, second) == {
         "tables": ["nat", "raw"], "chains": [["nat", "OUTPUT"], ["raw", "PREROUTING"]]}
+
+
+def _nat_listing(*extra_rules: dict) -> list[dict]:
+    """`nft -j list table ip nat` after our install, as objects (metainfo dropped)."""
+    return [{"table": {"family": "ip", "name": "nat"}},
+            {"chain": {"table": "nat", "name": "PREROUTING", "type": "nat", "hook": "prerouting"}},
+            {"chain": {"table": "nat", "name": "OUTPUT", "type": "nat", "hook": "output"}},
+            {"chain": {"table": "nat", "name": "TPCTL_OUTBOUND"}},
+            {"rule": {"table": "nat", "chain": "OUTPUT", "expr": [{"jump": {"target": "TPCTL_OUTBOUND"}}]}},
+            {"rule": {"table": "nat", "chain": "TPCTL_OUTBOUND", "expr": [{"return": None}]}},
+            *extra_rules]
+
+
+CREATED = {("nat", "PREROUTING"), ("nat", "OUTPUT")}
+OURS = live.Owned(rules=(("nat", "OUTPUT", 1, "-p tcp -j TPCTL_OUTBOUND"),),
+                  chains=(("nat", "TPCTL_OUTBOUND", ("-j RETURN",)),))
+
+
+def test_after_our_rules_went_the_scaffold_install_created_goes():
+    after = [o for o in _nat_listing() if "TPCTL_OUTBOUND" not in str(o)]
+    assert nft_scaffold.what_goes(after, "nat", CREATED, True) == (["OUTPUT", "PREROUTING"], True)
+
+
+def test_a_dry_run_counts_our_rules_and_chains_as_gone_already():
+    # without them the dry run would say nothing goes, and then the real uninstall deletes the table
+    assert nft_scaffold.what_goes(_nat_listing(), "nat", CREATED, True) == (["PREROUTING"], False)
+    assert nft_scaffold.what_goes(_nat_listing(), "nat", CREATED, True, OURS) == (["OUTPUT", "PREROUTING"], True)
+
+
+def test_another_tools_rule_set_or_pre_existing_table_keeps_it():
+    theirs = {"rule": {"table": "nat", "chain": "OUTPUT", "expr": [{"return": None}]}}
+    assert nft_scaffold.what_goes(_nat_listing(theirs), "nat", CREATED, True, OURS) == (["PREROUTING"], False)
+    a_set = {"set": {"table": "nat", "name": "blocked", "type": "ipv4_addr"}}
+    assert nft_scaffold.what_goes(_nat_listing(a_set), "nat", CREATED, True, OURS) == (["OUTPUT", "PREROUTING"],
+                                                                                     False)
+    assert nft_scaffold.what_goes(_nat_listing(), "nat", CREATED, False, OURS) == (["OUTPUT", "PREROUTING"], False)
