@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 
+from engine.sandbox.netns import PROXY_UID, SandboxError, check_runs_as
 from vagrant import boot, kernels, table
 from vagrant.kernels import CACHE, HERE, MatrixError
 
@@ -70,6 +71,10 @@ def preflight() -> None:
         missing.append(f"{boot.VIRTME_RUN} (fix: {os.path.dirname(sys.executable)}/pip install virtme-ng)")
     if missing:
         raise MatrixError("missing: " + ", ".join(missing))
+    try:  # the guests run the sidecar as uid 5678 from this very checkout
+        check_runs_as(PROXY_UID)
+    except SandboxError as err:
+        raise MatrixError(str(err)) from None
     hidden = [d for d in GUEST_TMPFS if os.path.realpath(REPO).startswith(d + "/")]
     if hidden:
         raise MatrixError(f"the checkout {REPO} is under {hidden[0]}, which every guest mounts afresh, so the "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 from typing import Callable
 
-from engine.sandbox.netns import APP_V4, APP_V6, PROXY_UID, SRV_V4, SRV_V6, Sandbox
+from engine.sandbox.netns import APP_V4, APP_V6, PROXY_UID, SRV_V4, SRV_V6, Sandbox, SandboxError
 from engine.sandbox.scenario import Scenario
 
 ENGINE_FLAGS = {
@@ -31,6 +31,9 @@ def run(engine: str, show: Callable[[str], None]) -> int:
     except KeyboardInterrupt:
         show("\ninterrupted: the sandbox was removed")
         return 130
+    except SandboxError as err:
+        show(f"demo: {err}; the sandbox was removed")
+        return 2
 
 
 def _demo(sb: Sandbox, engine: str, show: Callable[[str], None]) -> int:

@@ -32,6 +32,35 @@ class SandboxError(RuntimeError):
     pass
 
 
+def check_runs_as(uid: int, python: str = sys.executable) -> None:
+    """Fail at once, naming the fix, when `uid` cannot start `python` on the sandbox's own modules.
+    The sidecar and some clients run as other users; from a checkout under a directory only root
+    may enter (/root is 0700 on Debian) they die at start, and that would show only as a port
+    that never opens, a minute later."""
+    result = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", python, "-c",
+                             "import engine.sandbox.sidecar, engine.sandbox.peers"],
+                            capture_output=True, text=True, timeout=bound(60))
+    if result.returncode == 0:
+        return
+    said = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+    paths = (python, os.path.realpath(python), os.path.dirname(os.path.abspath(__file__)))
+    closed = next((d for d in (_closed_dir(p) for p in paths) if d), None)
+    fix = (f"chmod o+x {closed}, or clone tpctl into a directory every user may enter, such as /srv or /opt"
+           if closed else "make the checkout and its venv readable by every user")
+    raise SandboxError(f"uid {uid} (the sidecar's user) cannot run {python} on this checkout's modules: {said} "
+                       f"(fix: {fix})")
+
+
+def _closed_dir(path: str) -> str | None:
+    """The first directory on the way to `path` that other users may not enter."""
+    parts = os.path.abspath(path).split(os.sep)[1:-1]
+    for depth in range(1, len(parts) + 1):
+        directory = os.sep + os.path.join(*parts[:depth])
+        if not os.stat(directory).st_mode & 0o001:
+            return directory
+    return None
+
+
 def _ip(*args: str) -> None:
     result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=bound(30))
     if result.returncode != 0:

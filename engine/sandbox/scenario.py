@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-from engine.sandbox.netns import APP_V4, PROXY_UID, SRV_V4, Sandbox
+from engine.sandbox.netns import APP_V4, PROXY_UID, SRV_V4, Sandbox, check_runs_as
 
 SERVER_PORTS = (9000, 9001)
 APP_PORTS = (8080, 8081)
@@ -28,6 +28,7 @@ class Scenario:
 
     def start(self) -> "Scenario":
         sb = self.sb
+        check_runs_as(self.proxy_uid)
         for port in SERVER_PORTS:
             sb.spawn(sb.srv, sb.python(PEERS, "greeter", "--port", str(port)))
         sb.spawn(sb.srv, sb.python(PEERS, "dns-server", "--port", "53", "--answer", REAL_DNS_ANSWER))
