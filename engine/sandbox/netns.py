@@ -32,15 +32,21 @@ class SandboxError(RuntimeError):
     pass
 
 
+_RUNS_AS: set[tuple[int, str]] = set()
+
+
 def check_runs_as(uid: int, python: str = sys.executable) -> None:
     """Fail at once, naming the fix, when `uid` cannot start `python` on the sandbox's own modules.
     The sidecar and some clients run as other users; from a checkout under a directory only root
     may enter (/root is 0700 on Debian) they die at start, and that would show only as a port
     that never opens, a minute later."""
+    if (uid, python) in _RUNS_AS:  # once per process: every scene would pay a Python start-up
+        return
     result = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", python, "-c",
                              "import engine.sandbox.sidecar, engine.sandbox.peers"],
                             capture_output=True, text=True, timeout=bound(60))
     if result.returncode == 0:
+        _RUNS_AS.add((uid, python))
         return
     said = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
     paths = (python, os.path.realpath(python), os.path.dirname(os.path.abspath(__file__)))
