@@ -146,8 +146,8 @@ def fallback(spec: dict) -> dict:
 
 def run_tests(job: dict, out: str) -> dict:
     junit = os.path.join(out, "junit.xml")
-    env = dict(os.environ, TPCTL_NO_SKIP="1", PYTHONDONTWRITEBYTECODE="1", HOME="/tmp", TMPDIR="/tmp",
-               TPCTL_TIMEOUT_SCALE=str(job.get("timeout_scale", 8)))
+    # TPCTL_TIMEOUT_SCALE comes with os.environ: main() sets it for every step of the guest
+    env = dict(os.environ, TPCTL_NO_SKIP="1", PYTHONDONTWRITEBYTECODE="1", HOME="/tmp", TMPDIR="/tmp")
     # the first read of every module comes over 9p; do it once before the first scene's clock runs
     sh([sys.executable, "-c", "import bcc, pytest, engine.cli, engine.apply, engine.sandbox.peers, "
         "engine.sandbox.sidecar, ebpf.engine"], timeout=600, env=env, cwd=REPO)
@@ -165,7 +165,7 @@ def run_tests(job: dict, out: str) -> dict:
     if os.path.exists(junit):
         return {**junit_counts(junit), "exit": code, "seconds": seconds, "failures": junit_failures(junit)}
     with open(os.path.join(out, "pytest.log"), encoding="utf-8", errors="replace") as log:
-        return {**table.pytest_log_counts(log.read()), "exit": code, "seconds": seconds, "from_log": True}
+        return table.tests_from_log(log.read(), code, seconds)
 
 
 def junit_counts(path: str) -> dict:

@@ -132,8 +132,7 @@ def with_counts_so_far(result: dict | None, job: dict, run_dir: str) -> dict | N
     if not job["tests"] or (result or {}).get("tests") or not os.path.exists(log):
         return result
     with open(log, encoding="utf-8", errors="replace") as handle:
-        counts = table.pytest_log_counts(handle.read())
-    return dict(result or {}, tests=dict(counts, exit=None, seconds=0.0, from_log=True))
+        return dict(result or {}, tests=table.tests_from_log(handle.read(), None, 0.0))
 
 
 def keep(run_dir: str, into: str) -> None:

@@ -63,6 +63,12 @@ def kernel_row(name: str, expected: str, accel: str, result: dict | None, boot_s
 _OUTCOME = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", re.M)
 
 
+def tests_from_log(text: str, exit_code: int | None, seconds: float) -> dict:
+    """A guest's test record when no junit.xml was written: counted from its pytest.log, and marked
+    so (kernel_row names it a problem)."""
+    return dict(pytest_log_counts(text), exit=exit_code, seconds=seconds, from_log=True)
+
+
 def pytest_log_counts(text: str) -> dict:
     """What a `pytest -v` log says had run when pytest, or its whole guest, was stopped: junit.xml
     is written only at the end, and "0 passed" would hide how far a slow kernel got."""

@@ -35,6 +35,11 @@ class SandboxError(RuntimeError):
 _RUNS_AS: set[tuple[int, str]] = set()
 
 
+def as_uid(uid: int) -> list[str]:
+    """The argv prefix that runs a command as `uid` (and its group), with no supplementary groups."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+
 def check_runs_as(uid: int, python: str = sys.executable) -> None:
     """Fail at once, naming the fix, when `uid` cannot start `python` on the sandbox's own modules.
     The sidecar and some clients run as other users; from a checkout under a directory only root
@@ -42,8 +47,7 @@ def check_runs_as(uid: int, python: str = sys.executable) -> None:
     that never opens, a minute later."""
     if (uid, python) in _RUNS_AS:  # once per process: every scene would pay a Python start-up
         return
-    result = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", python, "-c",
-                             "import engine.sandbox.sidecar, engine.sandbox.peers"],
+    result = subprocess.run([*as_uid(uid), python, "-c", "import engine.sandbox.sidecar, engine.sandbox.peers"],
                             capture_output=True, text=True, timeout=bound(60))
     if result.returncode == 0:
         _RUNS_AS.add((uid, python))
@@ -153,7 +157,7 @@ class Sandbox:
         where the eBPF engine attaches: the server host stays outside, as a remote host would."""
         inner = ["nsenter", f"--net=/run/netns/{ns}", "--"]
         if uid is not None:
-            inner += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+            inner += as_uid(uid)
         inner += argv
         if not self.cgroup or ns != self.app:
             return inner

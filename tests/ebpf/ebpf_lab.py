@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from engine.sandbox.netns import as_uid
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
@@ -76,7 +78,7 @@ class Lab:
         prefix = f"echo $$ > {self.cg}/cgroup.procs; " if cgroup else ""
         cmd = ["nsenter", f"--net=/run/netns/{ns}"]
         if uid is not None:
-            cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+            cmd += as_uid(uid)
         cmd += [sys.executable, TOOLS, *map(str, args)]
         full = ["sh", "-c", prefix + 'exec "$@"', "sh", *cmd]
         if background:
