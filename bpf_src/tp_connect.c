@@ -26,7 +26,7 @@ int tp_sock4_connect(struct bpf_sock_addr *ctx)
 	}
 	if (ctx->type != TP_SOCK_STREAM || !sk)
 		return 1;
-	target = tp_tcp_target_v4(s, dst, port, uid, sk->src_ip4);
+	target = tp_tcp_target_v4(s, dst, port, uid, TP_CTX_U32(sk, struct bpf_sock, src_ip4));
 	if (target)
 		tp_to_proxy_v4(ctx, dst, port_be, target);
 	return 1;
@@ -54,7 +54,7 @@ int tp_sock6_connect(struct bpf_sock_addr *ctx)
 				return 1;
 			target = s->dns_port;
 		} else if (ctx->type == TP_SOCK_STREAM) {
-			target = tp_tcp_target_v4(s, dst[3], port, uid, sk->src_ip6[3]);
+			target = tp_tcp_target_v4(s, dst[3], port, uid, TP_CTX_U32(sk, struct bpf_sock, src_ip6[3]));
 		} else {
 			return 1;
 		}
@@ -70,10 +70,7 @@ int tp_sock6_connect(struct bpf_sock_addr *ctx)
 	} else if (ctx->type == TP_SOCK_STREAM) {
 		__u32 src[4];
 
-		src[0] = sk->src_ip6[0];
-		src[1] = sk->src_ip6[1];
-		src[2] = sk->src_ip6[2];
-		src[3] = sk->src_ip6[3];
+		TP_CTX_IP6(sk, struct bpf_sock, src_ip6, src);
 		target = tp_tcp_target_v6(s, dst, port, uid, src);
 	} else {
 		return 1;

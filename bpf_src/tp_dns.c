@@ -72,12 +72,9 @@ int tp_sock6_recvmsg(struct bpf_sock_addr *ctx)
 	if (!orig)
 		return 1;
 	if (tp_is_v4mapped(src) && src[3] == bpf_htonl(0x7f000001) && orig->family == AF_INET) {
-		ctx->user_ip6[3] = orig->addr[0];
+		TP_CTX_SET_U32(ctx, struct bpf_sock_addr, user_ip6[3], orig->addr[0]);
 	} else if (tp_is_loopback_v6(src) && orig->family == AF_INET6) {
-		ctx->user_ip6[0] = orig->addr[0];
-		ctx->user_ip6[1] = orig->addr[1];
-		ctx->user_ip6[2] = orig->addr[2];
-		ctx->user_ip6[3] = orig->addr[3];
+		TP_CTX_SET_IP6(ctx, struct bpf_sock_addr, user_ip6, orig->addr);
 	} else {
 		return 1;
 	}

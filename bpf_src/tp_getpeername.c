@@ -26,15 +26,11 @@ int tp_sock6_getpeername(struct bpf_sock_addr *ctx)
 		return 1;
 	if (orig->family == AF_INET) {
 		/* an IPv6 socket that connected to ::ffff:a.b.c.d */
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
-		ctx->user_ip6[3] = orig->addr[0];
+		__u32 mapped[4] = { 0, 0, bpf_htonl(0x0000ffff), orig->addr[0] };
+
+		TP_CTX_SET_IP6(ctx, struct bpf_sock_addr, user_ip6, mapped);
 	} else {
-		ctx->user_ip6[0] = orig->addr[0];
-		ctx->user_ip6[1] = orig->addr[1];
-		ctx->user_ip6[2] = orig->addr[2];
-		ctx->user_ip6[3] = orig->addr[3];
+		TP_CTX_SET_IP6(ctx, struct bpf_sock_addr, user_ip6, orig->addr);
 	}
 	ctx->user_port = orig->port;
 	return 1;

@@ -36,21 +36,15 @@ static __always_inline int tp_sockopt_tuple(struct bpf_sock *sk, struct tp_tuple
 	t->remote_port = bpf_ntohs(sk->dst_port);
 	if (sk->family == AF_INET) {
 		t->family = AF_INET;
-		t->local[0] = sk->src_ip4;
-		t->remote[0] = sk->dst_ip4;
+		t->local[0] = TP_CTX_U32(sk, struct bpf_sock, src_ip4);
+		t->remote[0] = TP_CTX_U32(sk, struct bpf_sock, dst_ip4);
 		return 0;
 	}
 	if (sk->family != AF_INET6)
 		return -1;
 	t->family = AF_INET6;
-	t->local[0] = sk->src_ip6[0];
-	t->local[1] = sk->src_ip6[1];
-	t->local[2] = sk->src_ip6[2];
-	t->local[3] = sk->src_ip6[3];
-	t->remote[0] = sk->dst_ip6[0];
-	t->remote[1] = sk->dst_ip6[1];
-	t->remote[2] = sk->dst_ip6[2];
-	t->remote[3] = sk->dst_ip6[3];
+	TP_CTX_IP6(sk, struct bpf_sock, src_ip6, t->local);
+	TP_CTX_IP6(sk, struct bpf_sock, dst_ip6, t->remote);
 	return 0;
 }
 

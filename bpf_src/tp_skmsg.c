@@ -14,18 +14,12 @@ int tp_sk_msg(struct sk_msg_md *msg)
 	peer.remote_port = (__u16)msg->local_port;
 	if (msg->family == AF_INET) {
 		peer.family = AF_INET;
-		peer.local[0] = msg->remote_ip4;
-		peer.remote[0] = msg->local_ip4;
+		peer.local[0] = TP_CTX_U32(msg, struct sk_msg_md, remote_ip4);
+		peer.remote[0] = TP_CTX_U32(msg, struct sk_msg_md, local_ip4);
 	} else if (msg->family == AF_INET6) {
 		peer.family = AF_INET6;
-		peer.local[0] = msg->remote_ip6[0];
-		peer.local[1] = msg->remote_ip6[1];
-		peer.local[2] = msg->remote_ip6[2];
-		peer.local[3] = msg->remote_ip6[3];
-		peer.remote[0] = msg->local_ip6[0];
-		peer.remote[1] = msg->local_ip6[1];
-		peer.remote[2] = msg->local_ip6[2];
-		peer.remote[3] = msg->local_ip6[3];
+		TP_CTX_IP6(msg, struct sk_msg_md, remote_ip6, peer.local);
+		TP_CTX_IP6(msg, struct sk_msg_md, local_ip6, peer.remote);
 		if (tp_is_v4mapped(peer.local) && tp_is_v4mapped(peer.remote)) {
 			peer.local[0] = peer.local[3];
 			peer.remote[0] = peer.remote[3];

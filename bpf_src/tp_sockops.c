@@ -21,18 +21,12 @@ static __always_inline void tp_skops_tuple(struct bpf_sock_ops *skops, struct tp
 	t->remote_port = (__u16)bpf_ntohl(skops->remote_port);
 	if (skops->family == AF_INET) {
 		t->family = AF_INET;
-		t->local[0] = skops->local_ip4;
-		t->remote[0] = skops->remote_ip4;
+		t->local[0] = TP_CTX_U32(skops, struct bpf_sock_ops, local_ip4);
+		t->remote[0] = TP_CTX_U32(skops, struct bpf_sock_ops, remote_ip4);
 		return;
 	}
-	t->local[0] = skops->local_ip6[0];
-	t->local[1] = skops->local_ip6[1];
-	t->local[2] = skops->local_ip6[2];
-	t->local[3] = skops->local_ip6[3];
-	t->remote[0] = skops->remote_ip6[0];
-	t->remote[1] = skops->remote_ip6[1];
-	t->remote[2] = skops->remote_ip6[2];
-	t->remote[3] = skops->remote_ip6[3];
+	TP_CTX_IP6(skops, struct bpf_sock_ops, local_ip6, t->local);
+	TP_CTX_IP6(skops, struct bpf_sock_ops, remote_ip6, t->remote);
 	t->family = AF_INET6;
 	if (tp_is_v4mapped(t->local) && tp_is_v4mapped(t->remote)) {
 		t->local[0] = t->local[3];

@@ -104,6 +104,8 @@ PROGRAMS: tuple[Program, ...] = (
 
 # Hook files in compile order; each is self-contained (includes what it uses).
 SOURCES: tuple[str, ...] = tuple(dict.fromkeys(p.source for p in PROGRAMS))
+# The only optional hook file: compiled when --ebpf-sk-msg-accel asks for it (compile.sources_for).
+ACCEL_SOURCE = "tp_skmsg.c"
 
 # Every map of include/tp_maps.h; all are pinned as map_<name>.
 MAPS: tuple[str, ...] = (

@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .catalogue import SOURCES
+from .catalogue import ACCEL_SOURCE, SOURCES
 from .errors import EbpfCompileError, HeadersNotFound
 
 _ARCH_DIRS = {"x86_64": "x86", "aarch64": "arm64", "ppc64le": "powerpc", "s390x": "s390",
@@ -140,12 +140,13 @@ def _env(extra: dict[str, str]):
                 os.environ[key] = value
 
 
-def compile_object(source_dir: str, headers: KernelHeaders | None = None):
+def compile_object(source_dir: str, headers: KernelHeaders | None = None,
+                   sources: tuple[str, ...] = SOURCES):
     """Returns the bcc.BPF object (maps created, programs not yet loaded)."""
     from bcc import BPF  # imported late: bcc is a system package, not a dependency
 
     headers = headers or find_kernel_headers()
-    text = amalgamate(source_dir)
+    text = amalgamate(source_dir, sources)
     cflags = list(headers.cflags) + [f"-I{os.path.join(source_dir, 'include')}", f"-I{source_dir}"]
     with _env(headers.env), captured_stderr() as log:
         try:
@@ -155,20 +156,30 @@ def compile_object(source_dir: str, headers: KernelHeaders | None = None):
     raise EbpfCompileError(f"BCC could not compile {source_dir} ({err}):\n{log[0].strip()}")
 
 
-# The feature check compiles the real programs (a header tree BCC cannot digest only shows up
-# there: bcc#5231 on 6.12), and install needs that same object. Compiling takes seconds, so the
-# check leaves its object here and install takes it; anything else compiles afresh.
-_checked: dict[str, object] = {}
+# The feature check compiles the real programs and has the kernel verify each one (a header tree
+# BCC cannot digest shows up only in the compile, bcc#5231 on 6.12; code this host's LLVM emitted
+# that the verifier refuses only in the load, LLVM 19 on Debian 13). Install needs that same
+# object with those same loaded programs, so the check leaves it here and install takes it: BCC
+# keeps each loaded function, so install's load_func returns the checked fd and verifies nothing
+# twice. Anything else compiles afresh.
+_checked: dict[tuple[str, tuple[str, ...]], object] = {}
 
 
-def compile_for_check(source_dir: str) -> None:
-    """Compile and keep the object for take_compiled(); raises what compile_object raises."""
-    key = os.path.realpath(source_dir)
+def sources_for(accel: bool) -> tuple[str, ...]:
+    """The hook files one install compiles: sk_msg only when acceleration is asked for (its
+    map.msg_redirect_hash() needs BCC >= 0.21; Debian 11 ships 0.18)."""
+    return tuple(src for src in SOURCES if accel or src != ACCEL_SOURCE)
+
+
+def compile_for_check(source_dir: str, sources: tuple[str, ...] = SOURCES):
+    """Compile once and keep the object for take_compiled(); raises what compile_object raises."""
+    key = (os.path.realpath(source_dir), sources)
     if key not in _checked:
-        _checked[key] = compile_object(source_dir)
+        _checked[key] = compile_object(source_dir, sources=sources)
+    return _checked[key]
 
 
-def take_compiled(source_dir: str):
-    """The object the feature check compiled (once), or a fresh compile."""
-    bpf = _checked.pop(os.path.realpath(source_dir), None)
-    return bpf if bpf is not None else compile_object(source_dir)
+def take_compiled(source_dir: str, sources: tuple[str, ...] = SOURCES):
+    """The object the feature check compiled and loaded (once), or a fresh compile."""
+    bpf = _checked.pop((os.path.realpath(source_dir), sources), None)
+    return bpf if bpf is not None else compile_object(source_dir, sources=sources)

@@ -7,7 +7,7 @@ from . import cgroup, libbpf, pins, tc
 from .catalogue import (ATTACH_SK_MSG_VERDICT, ATTACH_TYPE_NAMES, HOOK_CGROUP, HOOK_SK_MSG,
                         MAPS, META_MAP, PROGRAMS, SOCKHASH_MAP,
                         map_pin_name)
-from .compile import take_compiled
+from .compile import sources_for, take_compiled
 from .errors import EbpfApplyError, EbpfError, EbpfLoadError
 from .load import load_program
 from .maps import LAYOUTS, TypedMap
@@ -35,7 +35,7 @@ def apply(p: EbpfPlan) -> dict:
             lambda mounted: pins.umount(s.bpffs_path) if mounted else None)
         tx.step("pin-dir", lambda: os.makedirs(p.pin_dir, exist_ok=False),
                 lambda _: os.rmdir(p.pin_dir))
-        bpf = tx.step("compile", lambda: take_compiled(s.programs_source_path),
+        bpf = tx.step("compile", lambda: take_compiled(s.programs_source_path, sources_for(s.accel)),
                       lambda b: b.cleanup())
         fns = _load_all(tx, bpf, p, record)
         for name in MAPS:

@@ -160,25 +160,55 @@ class _ProgLoadAttr(ct.Structure):
                 ("pad", ct.c_uint8 * 64)]
 
 
-def probe_prog_load(prog_type: int, expected_attach_type: int = 0) -> int:
-    """Load "r0 = 1; exit" as prog_type; returns 0 when the kernel accepts it, else errno."""
+def _prog_load(attr: _ProgLoadAttr) -> int:
+    """BPF_PROG_LOAD through the raw syscall; returns the fd, or -errno."""
     nr = _NR_BPF.get(platform.machine())
     if nr is None:
-        return errno_mod.ENOSYS
+        return -errno_mod.ENOSYS
+    libc = ct.CDLL(None, use_errno=True)
+    libc.syscall.restype = ct.c_long
+    fd = libc.syscall(ct.c_long(nr), ct.c_int(_BPF_PROG_LOAD), ct.byref(attr),
+                      ct.c_uint(ct.sizeof(attr)))
+    return int(fd) if fd >= 0 else -ct.get_errno()
+
+
+def probe_prog_load(prog_type: int, expected_attach_type: int = 0) -> int:
+    """Load "r0 = 1; exit" as prog_type; returns 0 when the kernel accepts it, else errno."""
     # BPF_MOV64_IMM(R0, 1) = 0xb7, dst 0, imm 1; BPF_EXIT_INSN = 0x95
     insns = (ct.c_uint64 * 2)(0x00000001_000000b7, 0x95)
     lic = ct.create_string_buffer(b"GPL")
     attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=2, insns=ct.addressof(insns),
                          license=ct.addressof(lic), expected_attach_type=expected_attach_type)
     attr.prog_name = b"tp_probe"
-    libc = ct.CDLL(None, use_errno=True)
-    libc.syscall.restype = ct.c_long
-    fd = libc.syscall(ct.c_long(nr), ct.c_int(_BPF_PROG_LOAD), ct.byref(attr),
-                      ct.c_uint(ct.sizeof(attr)))
+    fd = _prog_load(attr)
     if fd < 0:
-        return ct.get_errno()
+        return -fd
     os.close(fd)
     return 0
+
+
+_LOG_SIZE = 1 << 20  # what BCC itself gives the verifier log on a refusal
+
+
+def prog_load(prog_type: int, insns: int, size: int, license: bytes, expected_attach_type: int,
+              name: str) -> int:
+    """Load `size` bytes of instructions at address `insns` (BCC's compiled code, map fds
+    already in it) with an expected attach type, which BCC before 0.19 cannot pass to the
+    kernel. Returns the fd; raises OSError whose text is the verifier's log."""
+    lic = ct.create_string_buffer(license)
+    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=size // 8, insns=insns,
+                         license=ct.addressof(lic), expected_attach_type=expected_attach_type)
+    # the kernel accepts [A-Za-z0-9_.] and 15 characters, as BCC truncates them
+    attr.prog_name = name[:15].encode()
+    fd = _prog_load(attr)
+    if fd >= 0:
+        return fd
+    log = ct.create_string_buffer(_LOG_SIZE)
+    attr.log_level, attr.log_size, attr.log_buf = 1, _LOG_SIZE, ct.addressof(log)
+    fd = _prog_load(attr)
+    if fd >= 0:  # refused only without a log buffer: never seen, but the fd is good
+        return fd
+    raise OSError(-fd, f"{os.strerror(-fd)}\n{log.value.decode(errors='replace')}")
 
 
 def prog_fd_by_id(prog_id: int) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import tempfile
 from functools import lru_cache
 
@@ -10,8 +11,10 @@ from . import libbpf
 from .catalogue import (ATTACH_TYPE_NAMES, PROG_CGROUP_SOCK_ADDR, PROG_CGROUP_SOCKOPT,
                         PROG_TYPE_NAMES, PROGRAMS)
 from .cgroup import cgroup2_mount, is_cgroup2_dir
-from .compile import compile_for_check, find_kernel_headers
-from .errors import EbpfCompileError, HeadersNotFound
+from .compile import compile_for_check, find_kernel_headers, sources_for
+from .errors import EbpfCompileError, EbpfLoadError, HeadersNotFound
+from .load import load_program
+from .plan import wanted
 from .settings import DEFAULT_SOURCE_PATH
 from .pins import is_bpffs, mount_bpffs, umount
 from engine.choice import CGROUP2_FIX, KERNEL_FIX, MIN_EBPF_KERNEL as MIN_KERNEL
@@ -59,7 +62,7 @@ def check_bcc() -> Check:
     if not libbpf.available():
         return Check("bcc", False, "libbcc.so.0 lacks the libbpf symbols we need",
                      "install BCC >= 0.18")
-    return Check("bcc", True, "bcc importable", "")
+    return Check("bcc", True, f"bcc {bcc_version()} importable (LLVM {llvm_version()})", "")
 
 
 def check_headers() -> Check:
@@ -91,30 +94,109 @@ def check_program_types() -> tuple[Check, ...]:
     return tuple(out)
 
 
-def check_compile(source_dir: str) -> Check:
+def check_compile(source_dir: str, accel: bool = False) -> Check:
     """Compile the real programs: headers can be present and still be ones this BCC cannot
     digest (6.12's internal headers with BCC 0.26, bcc#5231). The object is kept for install."""
     try:
-        compile_for_check(source_dir)
+        compile_for_check(source_dir, sources_for(accel))
     except (EbpfCompileError, HeadersNotFound) as exc:
         text = str(exc)
         first = next((ln.strip() for ln in text.splitlines() if "error:" in ln), text.splitlines()[0])
-        return Check("compile", False, f"BCC cannot compile {source_dir}: {first}",
+        missing = _bcc_gap(text)
+        return Check("compile", False, f"BCC {bcc_version()} cannot compile {source_dir}: "
+                     + (missing or first),
+                     "use --ebpf-sk-msg-accel with BCC >= 0.21 only" if missing else
                      "install BCC and kernel headers that match (linux-headers-$(uname -r)), "
                      "or use the iptables engine")
-    return Check("compile", True, f"{source_dir} compiles against these headers", "")
+    return Check("compile", True, f"{source_dir} compiles against these headers "
+                 f"(BCC {bcc_version()}, LLVM {llvm_version()})", "")
+
+
+def _bcc_gap(compiler_output: str) -> str:
+    """What an older BCC lacks, named, when the compiler output shows it."""
+    if "invalid bpf_table operation msg_redirect_hash" in compiler_output:
+        return "its rewriter has no map.msg_redirect_hash(), which --ebpf-sk-msg-accel needs (BCC >= 0.21)"
+    return ""
+
+
+def check_load(settings) -> list[Check]:
+    """Have the kernel verify each program this install would load, in the object the compile
+    check made: the verifier judges what this host's LLVM emitted, not the C (LLVM 19 merged a
+    v4/v6 branch into pointer arithmetic on a bpf_sock that LLVM 14 never emitted). Install
+    reuses the loaded programs. An optional program the kernel refuses is skipped, as install
+    skips it."""
+    bpf = compile_for_check(settings.programs_source_path, sources_for(settings.accel))
+    refused = []
+    for prog in PROGRAMS:
+        if not wanted(prog, settings):
+            continue
+        try:
+            load_program(bpf, prog)
+        except EbpfLoadError as exc:
+            if not prog.optional:
+                refused.append(f"{prog.name}: {verifier_verdict(str(exc))}")
+    if refused:
+        return [Check("load", False, f"the verifier refused what BCC {bcc_version()} / LLVM "
+                      f"{llvm_version()} made of " + "; ".join(refused),
+                      "report it to tpctl with `tpctl install --ebpf-enabled --dry-run --verbose`, "
+                      "or use the iptables engine")]
+    return [Check("load", True, "the kernel's verifier accepts every program this install loads", "")]
+
+
+# Lines of a verifier log that summarise rather than explain
+_LOG_NOISE = re.compile(r"^(processed \d+ insns|verification time|stack depth|\s*$|-- END PROG LOAD LOG --)")
+
+
+def verifier_verdict(message: str) -> str:
+    """The decisive part of a refusal: the verifier's last explaining line and the instruction
+    it judged (the line before it), e.g. "62: (0f) r2 += r3 / R2 pointer arithmetic on sock
+    prohibited"."""
+    lines = [ln.strip() for ln in message.splitlines()[1:] if not _LOG_NOISE.match(ln)]
+    if not lines:
+        return message.splitlines()[0] if message else "refused"
+    last = lines[-1]
+    insn = next((ln for ln in reversed(lines[:-1]) if re.match(r"^\d+: \(", ln)), "")
+    return f"{insn} / {last}" if insn else last
+
+
+@lru_cache(maxsize=1)
+def bcc_version() -> str:
+    try:
+        from bcc import __version__
+    except ImportError:
+        return "?"
+    return str(__version__)
+
+
+@lru_cache(maxsize=1)
+def llvm_version() -> str:
+    """The LLVM libbcc links (different LLVMs emit different BPF code from the same C)."""
+    try:
+        import bcc  # noqa: F401  (maps libbcc and its libLLVM into this process)
+        with open("/proc/self/maps", encoding="utf-8") as handle:
+            maps = handle.read()
+    except (ImportError, OSError):
+        return "?"
+    found = re.search(r"libLLVM[-.]?(\d+)", maps) or re.search(r"libclang-cpp\.so\.(\d+)", maps)
+    return found.group(1) if found else "linked statically"
 
 
 def feature_checks(settings=None) -> list:
     cg = getattr(settings, "cgroup_path", None)
     bpffs = getattr(settings, "bpffs_path", None)
     source = getattr(settings, "programs_source_path", None) or DEFAULT_SOURCE_PATH
+    accel = bool(getattr(settings, "accel", False))
     bcc, headers = check_bcc(), check_headers()
     checks = [check_kernel(), check_cgroup2(cg), check_bpffs(bpffs), bcc, headers]
     if os.geteuid() == 0:
-        checks.extend(check_program_types())
+        types = check_program_types()
+        checks.extend(types)
         if bcc.ok and headers.ok:  # without either, a compile would only repeat their failure
-            checks.append(check_compile(source))
+            compiled = check_compile(source, accel)
+            checks.append(compiled)
+            # a program type the kernel lacks already failed above: loading would say it again
+            if compiled.ok and settings is not None and all(t.ok for t in types if t.required):
+                checks.extend(check_load(settings))
     else:
         checks.append(Check("prog-types", False, "program type probes need root", "run as root"))
     return checks

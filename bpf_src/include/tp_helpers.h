@@ -6,6 +6,7 @@
 
 #include <uapi/linux/in.h>
 #include <uapi/linux/socket.h>
+#include "tp_ctx.h"
 #include "tp_maps.h"
 
 #ifndef AF_INET

@@ -48,6 +48,24 @@ BPF_TABLE("lru_hash", __u64, struct tp_orig, tp_cookie_orig, 65536);
  * original destination to the 4-tuple (seen from the proxy socket) that getsockopt can build. */
 BPF_TABLE("lru_hash", struct tp_tuple, struct tp_orig, tp_tuple_orig, 65536);
 
+/* BPF_SOCKHASH(name, key type, size) as BCC 0.20+ defines it. BCC 0.18 (Debian 11) has only
+ * BPF_SOCKHASH(name, size) with a u32 key, though its rewriter already turns
+ * map.sock_hash_update() and map.msg_redirect_hash() into helper calls; declaring the table
+ * struct ourselves serves every BCC from 0.18 on. */
+#define TP_SOCKHASH(_name, _key_type, _max_entries)				\
+struct _name##_table_t {							\
+	_key_type key;								\
+	int leaf;								\
+	int (*update)(_key_type *, int *);					\
+	int (*delete)(_key_type *);						\
+	int (*sock_hash_update)(void *, void *, __u64);				\
+	int (*msg_redirect_hash)(void *, void *, __u64);			\
+	__u32 max_entries;							\
+};										\
+__attribute__((section("maps/sockhash")))					\
+struct _name##_table_t _name = { .max_entries = (_max_entries) };		\
+BPF_ANNOTATE_KV_PAIR(_name, _key_type, int)
+
 /* Why: tc rewrites the destination port of inbound SYNs; egress must restore the source port
  * and getsockopt must report the original port for the proxy's accepted socket. Value: the
  * original local port, host order. */
@@ -55,7 +73,7 @@ BPF_TABLE("lru_hash", struct tp_in_flow, __u16, tp_in_flows, 65536);
 
 /* Why: sk_msg can only redirect to sockets held in a sockmap/sockhash; sockops adds both ends
  * of local app<->proxy connections, keyed by tuple seen from the socket itself. */
-BPF_SOCKHASH(tp_sock_hash, struct tp_tuple, 65536);
+TP_SOCKHASH(tp_sock_hash, struct tp_tuple, 65536);
 
 /* Why: read only by user space; records where we attached so uninstall needs no state file. */
 BPF_ARRAY(tp_install_meta, struct tp_install_meta, 1);

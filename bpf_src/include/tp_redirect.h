@@ -33,10 +33,7 @@ static __always_inline void tp_remember_v6(void *ctx, const __u32 *a, __u16 port
 /* The socket's destination address as the app gave it (IPv6 hooks; ::ffff:a.b.c.d for IPv4). */
 static __always_inline void tp_user_ip6(const struct bpf_sock_addr *ctx, __u32 *dst)
 {
-	dst[0] = ctx->user_ip6[0];
-	dst[1] = ctx->user_ip6[1];
-	dst[2] = ctx->user_ip6[2];
-	dst[3] = ctx->user_ip6[3];
+	TP_CTX_IP6(ctx, struct bpf_sock_addr, user_ip6, dst);
 }
 
 /*
@@ -56,7 +53,7 @@ static __always_inline void tp_to_proxy_v4mapped(struct bpf_sock_addr *ctx, __u3
 						 __u16 target)
 {
 	tp_remember_v4(ctx, dst_be, port_be);
-	ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	TP_CTX_SET_U32(ctx, struct bpf_sock_addr, user_ip6[3], bpf_htonl(0x7f000001));
 	ctx->user_port = bpf_htons(target);
 }
 
@@ -64,10 +61,9 @@ static __always_inline void tp_to_proxy_v6(struct bpf_sock_addr *ctx, const __u3
 					   __u16 target)
 {
 	tp_remember_v6(ctx, dst, port_be);
-	ctx->user_ip6[0] = 0;
-	ctx->user_ip6[1] = 0;
-	ctx->user_ip6[2] = 0;
-	ctx->user_ip6[3] = bpf_htonl(1);
+	__u32 localhost[4] = { 0, 0, 0, bpf_htonl(1) };
+
+	TP_CTX_SET_IP6(ctx, struct bpf_sock_addr, user_ip6, localhost);
 	ctx->user_port = bpf_htons(target);
 }
 

@@ -157,10 +157,45 @@ def test_install_reuses_the_object_the_compile_check_made(monkeypatch):
     from ebpf import compile as compile_mod
 
     made = []
-    monkeypatch.setattr(compile_mod, "compile_object", lambda src: made.append(src) or object())
+    monkeypatch.setattr(compile_mod, "compile_object", lambda src, sources: made.append(sources) or object())
     monkeypatch.setattr(compile_mod, "_checked", {})
-    compile_mod.compile_for_check(SRC)
-    compile_mod.compile_for_check(SRC)  # a second check in the same run does not compile again
-    first = compile_mod._checked[os.path.realpath(SRC)]
-    assert compile_mod.take_compiled(SRC) is first and len(made) == 1
-    assert compile_mod.take_compiled(SRC) is not first and len(made) == 2  # taken once only
+    plain = compile_mod.sources_for(accel=False)
+    first = compile_mod.compile_for_check(SRC, plain)
+    assert compile_mod.compile_for_check(SRC, plain) is first  # a second check does not compile again
+    assert compile_mod.take_compiled(SRC, plain) is first and len(made) == 1
+    assert compile_mod.take_compiled(SRC, plain) is not first and len(made) == 2  # taken once only
+
+
+def test_sk_msg_is_compiled_only_when_acceleration_is_asked_for():
+    """BCC 0.18 (Debian 11) has no map.msg_redirect_hash(): an install without
+    --ebpf-sk-msg-accel must not need it."""
+    from ebpf import compile as compile_mod
+    from ebpf.catalogue import ACCEL_SOURCE, SOURCES
+
+    assert ACCEL_SOURCE not in compile_mod.sources_for(accel=False)
+    assert compile_mod.sources_for(accel=True) == SOURCES
+    assert "tp_sock_hash.msg_redirect_hash(" not in amalgamate(SRC, compile_mod.sources_for(accel=False))
+
+
+def test_the_verifier_verdict_is_the_judged_instruction_and_the_reason():
+    from ebpf.probe import verifier_verdict
+
+    log = ("kernel refused tp_getsockopt (Failed to load BPF program b'tp_getsockopt': Permission denied):\n"
+           "61: (bf) r2 = r1\n62: (0f) r2 += r3\nR2 pointer arithmetic on sock prohibited\n"
+           "processed 62 insns (limit 1000000) max_states_per_insn 0 total_states 4 peak_states 4\n")
+    assert verifier_verdict(log) == "62: (0f) r2 += r3 / R2 pointer arithmetic on sock prohibited"
+    assert verifier_verdict("refused (no log)") == "refused (no log)"
+
+
+def test_context_fields_are_read_through_tp_ctx_only():
+    """LLVM 19 merged plain `sk->src_ip4` / `sk->src_ip6[0]` reads of two branches into pointer
+    arithmetic the verifier refuses: every address field of a context or bpf_sock goes through
+    TP_CTX_U32 / TP_CTX_IP6 / TP_CTX_SET_*, one constant-offset load or store each."""
+    import re
+
+    plain = re.compile(r"(->|\.)(src_ip[46]|dst_ip[46]|local_ip[46]|remote_ip[46]|user_ip6)\b")
+    for folder, _, files in os.walk(SRC):
+        for name in files:
+            for lineno, line in enumerate(open(os.path.join(folder, name)), 1):
+                if name != "tp_ctx.h" and not line.lstrip().startswith(("*", "/*")):
+                    assert not plain.search(line), f"{name}:{lineno}: {line.strip()}"

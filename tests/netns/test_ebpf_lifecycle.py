@@ -207,3 +207,41 @@ def test_programs_that_do_not_compile_here_are_a_failed_check_so_iptables_is_cho
     result = sandbox.tpctl(*install_args("ebpf", sandbox, "--ebpf-programs-source-path", copy))
     assert result.returncode == 3 and "compile" in result.stderr
     assert ebpf_view(sandbox) == before and not os.path.exists(os.path.join(sandbox.state_dir, "state.json"))
+
+
+# What LLVM 19 (Debian 13) made of tp_getsockopt.c before its reads went through TP_CTX_U32: a
+# load from the bpf_sock pointer plus a register. Written as asm so every LLVM emits it as is.
+REFUSED_BY_THE_VERIFIER = """
+	if (sk && ctx->optname == 4242) {
+		__u64 v, p;
+		asm volatile("%1 = %2; %1 += %3; %0 = *(u32 *)(%1 + 0)"
+			     : "=r"(v), "=&r"(p) : "r"(sk), "r"((__u64)ctx->level));
+		return v & 1;
+	}
+"""
+
+
+def test_programs_the_verifier_refuses_are_a_failed_check_so_iptables_is_chosen(sandbox, before):
+    """The verifier judges the code this host's LLVM emitted: loading is a check, so such a host
+    gets iptables and the verifier's decisive line, never an install that fails with exit 4."""
+    import shutil
+
+    copy = os.path.join(sandbox.tmp, "refused_bpf_src")
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "..", "..", "bpf_src"), copy)
+    path = os.path.join(copy, "tp_getsockopt.c")
+    with open(path) as handle:
+        text = handle.read()
+    anchor = "\tif (ctx->optname != TP_SO_ORIGINAL_DST ||"
+    assert anchor in text
+    with open(path, "w") as handle:
+        handle.write(text.replace(anchor, REFUSED_BY_THE_VERIFIER + anchor, 1))
+    args = [a for a in install_args("ebpf", sandbox, "--ebpf-programs-source-path", copy) if a != "--no-fallback"]
+    result = sandbox.tpctl(*args)
+    assert result.returncode == 0, result.stderr
+    assert "falling back to iptables" in result.stderr and "[FAIL] load" in result.stderr
+    assert "tp_getsockopt" in result.stderr and "pointer arithmetic on sock prohibited" in result.stderr
+    assert json.loads(sandbox.tpctl("status", "--json").stdout)["engine"] == "iptables"
+    assert sandbox.tpctl("uninstall").returncode == 0
+    result = sandbox.tpctl(*install_args("ebpf", sandbox, "--ebpf-programs-source-path", copy))
+    assert result.returncode == 3 and "[FAIL] load" in result.stderr
+    assert ebpf_view(sandbox) == before and not os.path.exists(os.path.join(sandbox.state_dir, "state.json"))
