@@ -1,6 +1,7 @@
 """install: Config -> HostFacts -> Choice -> Plan -> a transaction of steps -> State."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Callable
 
@@ -23,7 +24,14 @@ def ebpf_checks(config: Config, facts: HostFacts) -> list:
 def decide(config: Config) -> tuple[HostFacts, Choice]:
     facts = probe(config.resolv_conf)
     checks = ebpf_checks(config, facts) if config.ebpf_enabled else None
-    return facts, choose(config, facts, checks)
+    choice = choose(config, facts, checks)
+    if choice.backend == "legacy" and facts.python_iptables_problem is None:
+        # python-iptables' self-test costs two interpreter start-ups: only the legacy backend pays
+        from engine.iptables.legacy_selftest import python_iptables_problem
+
+        facts = dataclasses.replace(facts, python_iptables_problem=python_iptables_problem() or "")
+        choice = choose(config, facts, checks)
+    return facts, choice
 
 
 def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
@@ -43,7 +51,7 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
     if config.dry_run:
         show(plan.render())
         return
-    digest = hashlib.sha256((plan.backend + plan.render()).encode()).hexdigest()
+    digest = hashlib.sha256((plan.backend + plan.applier + plan.render()).encode()).hexdigest()
     with state.locked(state_dir):
         previous = state.load(state_dir)
         if previous and previous.get("digest") == digest and not iptables_engine.drift(previous):
@@ -55,7 +63,7 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
             say("# replacing the previous eBPF install")
             ebpf_glue.uninstall(previous["ebpf"]["bpffs_path"], previous["ebpf"], dry_run=False)
             previous = None
-        record = iptables_engine.InstallRecord(plan.backend)
+        record = iptables_engine.InstallRecord(plan.backend, plan.applier)
         # a replaced install's nf_tables scaffold stays ours to remove once empty
         record.nft_created = dict((previous or {}).get("iptables", {}).get("nft_created", {}))
         recorded = iptables_engine.recorded_lines(previous)
@@ -65,11 +73,11 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
         done = transaction.run(steps, say if config.verbose else (lambda _m: None))
         state.save(state_dir, state.install_record(
             "iptables", digest, choice.to_json(), config.as_dict(), steps=done,
-            iptables={"backend": record.backend, "rules": record.rules, "chains": record.chains,
+            iptables={"backend": record.backend, "applier": record.applier, "rules": record.rules, "chains": record.chains,
                       "ipv6_passthrough_added": record.ipv6_passthrough_added,
                       "nft_created": record.nft_created,
                       "firewalld": config.store_firewalld}))
-    say(f"tpctl: installed the iptables engine ({plan.backend} backend, "
+    say(f"tpctl: installed the iptables engine ({plan.backend} backend through {plan.applier}, "
         f"{', '.join(f.label for f in plan.families)})")
 
 

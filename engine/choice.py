@@ -35,9 +35,17 @@ class Choice:
     families: tuple[int, ...]  # 4 and/or 6
     reasons: tuple[str, ...]
     checks: tuple[Check, ...] = field(default_factory=tuple)
+    applier: str | None = None  # how the backend writes: APPLIERS; None for eBPF
+
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+# What writes the rules of each backend: legacy has two appliers for the same rendered plan.
+PYTHON_IPTABLES = "python-iptables"
+LEGACY_RESTORE = "iptables-legacy-restore"
+NFT_RESTORE = "iptables-nft-restore"
 
 
 def base_ebpf_checks(config: Config, facts: HostFacts) -> list[Check]:
@@ -99,4 +107,26 @@ def choose(config: Config, facts: HostFacts, ebpf_checks: list[Check] | None = N
     else:
         reasons.insert(0, "iptables engine (the default; --ebpf-enabled selects eBPF)")
     backend, why = choose_backend(config, facts)
-    return Choice("iptables", backend, fams, (*reasons, f"backend {backend}: {why}"), checks)
+    reasons.append(f"backend {backend}: {why}")
+    applier = NFT_RESTORE
+    if backend == "legacy":
+        applier, why = choose_legacy_applier(config, facts)
+        reasons.append(f"legacy applier {applier}: {why}")
+    return Choice("iptables", backend, fams, tuple(reasons), checks, applier)
+
+
+def choose_legacy_applier(config: Config, facts: HostFacts) -> tuple[str, str]:
+    """python-iptables when its self-test passed here, else iptables-legacy-restore with the
+    same rendered plan (python-iptables 1.2.0 cannot parse iptables 1.8.11's extensions)."""
+    problem = facts.python_iptables_problem
+    if config.legacy_applier == "restore":
+        return LEGACY_RESTORE, "--legacy-applier restore"
+    if config.legacy_applier == "python-iptables":
+        if problem:
+            raise UnsupportedHost(f"--legacy-applier python-iptables: its self-test failed here: {problem} "
+                                  "(fix: --legacy-applier auto, which applies the same rules with "
+                                  "iptables-legacy-restore)")
+        return PYTHON_IPTABLES, "--legacy-applier python-iptables"
+    if problem:
+        return LEGACY_RESTORE, f"python-iptables cannot build tpctl's rules here ({problem}; ldx/python-iptables#353)"
+    return PYTHON_IPTABLES, "python-iptables builds every rule tpctl writes here"

@@ -134,7 +134,7 @@ def _status_text(report: dict) -> str:
         lines.append(f"  why: {reason}")
     if "iptables" in report:
         ipt = report["iptables"]
-        lines.append(f"  backend: {ipt['backend']}; families: " + ", ".join(f"IPv{f}" for f in ipt["families"]))
+        lines.append(f"  backend: {ipt['backend']} (through {ipt['applier']}); families: " + ", ".join(f"IPv{f}" for f in ipt["families"]))
         lines.append("  rules: " + ", ".join(f"IPv{f}: {n}" for f, n in sorted(ipt["rules"].items())))
     if "ebpf" in report:
         for key, value in report["ebpf"].items():

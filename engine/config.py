@@ -58,6 +58,7 @@ class Config:
     ebpf_sk_msg_accel: bool
     no_fallback: bool
     iptables_backend: str
+    legacy_applier: str
     resolv_conf: str
 
     @property

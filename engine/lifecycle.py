@@ -56,6 +56,7 @@ def status(state_dir: str, bpffs_path: str | None) -> dict:
         ipt = record["iptables"]
         report["iptables"] = {
             "backend": ipt["backend"],
+            "applier": ipt.get("applier", "python-iptables" if ipt["backend"] == "legacy" else "iptables-nft-restore"),
             "families": sorted(ipt["chains"]),
             "rules": {fam: len(lines) for fam, lines in ipt["rules"].items()},
             "chains": ipt["chains"],

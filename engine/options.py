@@ -124,6 +124,9 @@ INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
                "back to iptables", switch=True),
     OptionSpec("iptables-backend", v.choice(("auto", "legacy", "nft")), "auto",
                "auto: the backend that already holds rules, else the one `iptables` uses"),
+    OptionSpec("legacy-applier", v.choice(("auto", "python-iptables", "restore")), "auto",
+               "how the legacy backend writes rules: python-iptables, or the same rendered plan through "
+               "iptables-legacy-restore --noflush (auto: python-iptables when its self-test passes here)"),
     OptionSpec("resolv-conf", str, "/etc/resolv.conf", "file listing the name servers for --redirect-dns",
                yaml="redirect.dns.resolvConfigPath"),
 )

@@ -40,6 +40,9 @@ class HostFacts:
     dns_servers: tuple[str, ...] = ()
     dns_servers_error: str | None = None
     interfaces: tuple[dict, ...] = ()  # {"name", "up", "addresses"} per non-loopback interface
+    # python-iptables' self-test (engine/iptables/legacy_selftest.py): None when not run (only
+    # an install that chose the legacy backend pays for it), "" when it passed, else why not
+    python_iptables_problem: str | None = None
 
     @property
     def has_ipv6(self) -> bool:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from engine.choice import LEGACY_RESTORE
 from engine.iptables.rules import COMMENT_PREFIX, FamilyPlan, Rule, TablePlan, table_to_json
 from engine.timeouts import bound
 
@@ -28,9 +29,10 @@ class BackendError(RuntimeError):
 class Backend:
     name = ""
 
-    def __init__(self, wait: int = 5, executables: dict[str, str] | None = None):
+    def __init__(self, wait: int = 5, executables: dict[str, str] | None = None, applier: str = ""):
         self.wait = wait
         self.executables = executables or {}
+        self.applier = applier
 
     def tool(self, family: int, verb: str) -> str:
         """e.g. tool(6, "save") -> ip6tables-nft-save (or the --iptables-executables override)."""
@@ -83,6 +85,10 @@ class LegacyBackend(Backend):
         return [(f"iptables-legacy {plan.label} {t.name}", [t]) for t in plan.tables]
 
     def apply_tables(self, family: int, tables: list[TablePlan]) -> None:
+        if self.applier == LEGACY_RESTORE:
+            # the same rendered plan as the nft path: one atomic restore per table (apply_units)
+            self.restore(family, "".join(t.restore_text() for t in tables))
+            return
         # libxtables keeps one global extension registry per process, so python-iptables
         # cannot load e.g. REDIRECT for IPv6 once it has loaded it for IPv4 ("can't find
         # target REDIRECT"). Each family therefore commits from a process of its own.
@@ -166,5 +172,5 @@ def xtables_lock(wait_seconds: int):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def make_backend(name: str, wait: int, executables: dict[str, str] | None = None) -> Backend:
-    return {"nft": NftBackend, "legacy": LegacyBackend}[name](wait, executables)
+def make_backend(name: str, wait: int, executables: dict[str, str] | None = None, applier: str = "") -> Backend:
+    return {"nft": NftBackend, "legacy": LegacyBackend}[name](wait, executables, applier)

@@ -17,6 +17,7 @@ from engine.transaction import Step
 @dataclass(frozen=True)
 class IptablesPlan:
     backend: str
+    applier: str  # engine.choice's PYTHON_IPTABLES, LEGACY_RESTORE or NFT_RESTORE
     families: tuple[FamilyPlan, ...]
     ipv6_passthrough: bool  # ::6/128 must be on lo (the proxy's IPv6 inbound passthrough source)
     warnings: tuple[str, ...] = ()
@@ -48,7 +49,7 @@ def plan(config: Config, facts: HostFacts, choice: Choice) -> IptablesPlan:
         inputs, notes = family_inputs(config, facts, family)
         families.append(build_family(config, inputs))
         warnings += notes
-    return IptablesPlan(choice.backend, tuple(families), 6 in choice.families, tuple(warnings))
+    return IptablesPlan(choice.backend, choice.applier, tuple(families), 6 in choice.families, tuple(warnings))
 
 
 def parse_executables(text: str) -> dict[str, str]:
@@ -64,6 +65,7 @@ class InstallRecord:
     """Filled in while the steps run; becomes the engine part of State."""
 
     backend: str
+    applier: str
     rules: dict[str, list[list[str]]] = field(default_factory=dict)  # family -> [table, chain, spec]
     chains: dict[str, list[list[str]]] = field(default_factory=dict)  # family -> [table, chain]
     ipv6_passthrough_added: bool = False
@@ -84,7 +86,8 @@ def _retrying(action, retries: int, pause: float):
 def install_steps(config: Config, the_plan: IptablesPlan, recorded: dict[int, set], record: InstallRecord) -> list[Step]:
     """Steps that replace any earlier tpctl rules (in either backend) with the plan's.
     `recorded`: the previous install's rule texts per family (see recorded_lines)."""
-    backend = make_backend(the_plan.backend, config.wait, parse_executables(config.iptables_executables))
+    backend = make_backend(the_plan.backend, config.wait, parse_executables(config.iptables_executables),
+                           the_plan.applier)
     steps: list[Step] = []
     for other, family, owned in owned_everywhere(config.wait, recorded):
         steps.append(_replace_previous(other, family, owned))

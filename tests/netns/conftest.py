@@ -14,11 +14,15 @@ ENGINES = {
     "iptables-legacy": ["--iptables-backend", "legacy"],
     "ebpf": ["--experimental-transparent-proxy-engine", "--ebpf-enabled", "--no-fallback"],
 }
+# The legacy backend's second applier (the same rendered plan through iptables-legacy-restore),
+# which iptables-legacy above uses by itself where python-iptables fails its self-test: the
+# netfilter lifecycle tests and tests/netns/test_legacy_appliers.py run it everywhere.
+LEGACY_RESTORE = {"iptables-legacy-restore": ["--iptables-backend", "legacy", "--legacy-applier", "restore"]}
 
 
 def engine_flags(engine: str, sandbox: Sandbox) -> list[str]:
     """The flags that select `engine`; eBPF attaches to the sandbox's cgroup, bpffs and veth."""
-    flags = list(ENGINES[engine])
+    flags = list({**ENGINES, **LEGACY_RESTORE}[engine])
     if engine == "ebpf":
         flags += ["--ebpf-cgroup-path", sandbox.cgroup, "--ebpf-bpffs-path", sandbox.mount_bpffs(),
                   "--ebpf-tc-attach-iface", sandbox.app_if]

@@ -10,7 +10,7 @@ from engine.iptables.builder import FamilyInputs, build_family
 from engine.iptables.live import normalize_save, parse_save
 from tests.netns.conftest import ENGINES, add_foreign_rules, install, install_args, snapshot
 
-@pytest.fixture(params=["iptables-legacy", "iptables-nft"])
+@pytest.fixture(params=["iptables-legacy", "iptables-legacy-restore", "iptables-nft"])
 def engine(request):
     """These tests read netfilter tables: the iptables engine's backends (eBPF: test_ebpf_lifecycle)."""
     return request.param
@@ -142,9 +142,9 @@ def test_status_reports_install_and_drift(sandbox, engine):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["engine"] == "iptables" and report["drift"] == []
-    assert report["iptables"]["backend"] == ENGINES[engine][1]
+    backend = engine.split("-")[1]
+    assert report["iptables"]["backend"] == backend
     assert report["host"]["kernel_release"]
-    backend = ENGINES[engine][1]
     sandbox.run(sandbox.app, [f"iptables-{backend}", "-t", "nat", "-D", "TPCTL_OUTBOUND_REDIRECT", "1"], check=True)
     result = sandbox.tpctl("status")
     assert result.returncode == 5
