@@ -40,25 +40,38 @@ def as_uid(uid: int) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
 
 
-def check_runs_as(uid: int, python: str = sys.executable) -> None:
-    """Fail at once, naming the fix, when `uid` cannot start `python` on the sandbox's own modules.
-    The sidecar and some clients run as other users; from a checkout under a directory only root
-    may enter (/root is 0700 on Debian) they die at start, and that would show only as a port
-    that never opens, a minute later."""
+def base_python() -> str:
+    """The interpreter itself, not the venv's link to it: a venv inside a checkout under /root
+    (0700 on Debian) cannot be entered by the sidecar's uid, /usr/bin/python3.X can."""
+    return os.path.realpath(sys.executable)
+
+
+# The sandbox's modules that run inside its namespaces, some as the proxy uid: copied into the
+# sandbox's own directory (readable by every user) and run from there with the stdlib only, so
+# a checkout or venv that only root may enter still runs the demo and the tests.
+RUNNABLE = ("sidecar.py", "peers.py")
+# python -I -c RUN <dir> <module> args...: the module from the sandbox's copy, as `python -m`
+_RUN = "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+
+
+def check_runs_as(uid: int, python: str | None = None) -> None:
+    """Fail at once, naming the fix, when `uid` cannot start `python` (the sandbox's modules come
+    from its own copy). A pyenv interpreter under /root would otherwise show only as a sidecar
+    port that never opens, a minute later."""
+    python = python or base_python()
     if (uid, python) in _RUNS_AS:  # once per process: every scene would pay a Python start-up
         return
-    result = subprocess.run([*as_uid(uid), python, "-c", "import engine.sandbox.sidecar, engine.sandbox.peers"],
+    result = subprocess.run([*as_uid(uid), python, "-I", "-c", "import json, socket, threading"],
                             capture_output=True, text=True, timeout=bound(60))
     if result.returncode == 0:
         _RUNS_AS.add((uid, python))
         return
     said = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
-    paths = (python, os.path.realpath(python), os.path.dirname(os.path.abspath(__file__)))
+    paths = (python, os.path.realpath(python))
     closed = next((d for d in (_closed_dir(p) for p in paths) if d), None)
-    fix = (f"chmod o+x {closed}, or clone tpctl into a directory every user may enter, such as /srv or /opt"
-           if closed else "make the checkout and its venv readable by every user")
-    raise SandboxError(f"uid {uid} (the sidecar's user) cannot run {python} on this checkout's modules: {said} "
-                       f"(fix: {fix})")
+    fix = (f"chmod o+x {closed}, or use a Python installed where every user may enter, such as /usr/bin/python3"
+           if closed else "make that interpreter executable by every user")
+    raise SandboxError(f"uid {uid} (the sidecar's user) cannot run {python}: {said} (fix: {fix})")
 
 
 def _closed_dir(path: str) -> str | None:
@@ -85,6 +98,7 @@ class Sandbox:
         self.app_if, self.srv_if = f"tp{self.id}a", f"tp{self.id}s"
         self.ipv6 = ipv6
         self.tmp = tempfile.mkdtemp(prefix=f"{prefix}-sandbox-")
+        self.pyroot = os.path.join(self.tmp, "py")  # RUNNABLE, as package engine.sandbox
         self.state_dir = os.path.join(self.tmp, "state")
         self.resolv_conf = os.path.join(self.tmp, "resolv.conf")
         self.cgroup: str | None = None
@@ -105,6 +119,7 @@ class Sandbox:
         self.close()
 
     def create(self) -> None:
+        self._copy_runnable()
         for ns in (self.app, self.srv):
             _ip("netns", "add", ns)
             self._namespaces.append(ns)
@@ -122,6 +137,21 @@ class Sandbox:
         if cgroup2:
             self.cgroup = os.path.join(cgroup2, f"tpctl-sandbox-{self.id}")
             os.mkdir(self.cgroup)
+
+    def _copy_runnable(self) -> None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        package = os.path.join(self.pyroot, "engine", "sandbox")
+        os.makedirs(package)
+        for directory in (self.pyroot, os.path.dirname(package), package):
+            os.chmod(directory, 0o755)
+        for init in (os.path.join(self.pyroot, "engine", "__init__.py"), os.path.join(package, "__init__.py")):
+            open(init, "w").close()
+        for name in RUNNABLE:
+            shutil.copyfile(os.path.join(here, name), os.path.join(package, name))
+        for root, _dirs, files in os.walk(self.pyroot):
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)
+        os.chmod(self.tmp, 0o711)  # others may reach py/, not list the sandbox
 
     def mount_bpffs(self) -> str:
         """A private bpffs for this sandbox (never /sys/fs/bpf)."""
@@ -182,7 +212,8 @@ class Sandbox:
         return proc
 
     def python(self, module: str, *args: str) -> list[str]:
-        return [sys.executable, "-m", module, *args]
+        """argv running engine.sandbox.<module> from the sandbox's copy (see RUNNABLE)."""
+        return [base_python(), "-I", "-c", _RUN, self.pyroot, module, *args]
 
     @staticmethod
     def stop(proc: subprocess.Popen) -> None:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from engine.sandbox.netns import as_uid
+from engine.sandbox.netns import as_uid, base_python
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
@@ -73,13 +73,17 @@ class Lab:
         os.mkdir(self.cg)
         os.mkdir(self.bpffs)
         os.chmod(self.tmp, 0o777)  # the sidecar (uid 5678) writes its log and ready file here
+        # ...and runs from a copy here: the checkout may be one that uid 5678 cannot enter
+        self.tools = os.path.join(self.tmp, os.path.basename(TOOLS))
+        shutil.copyfile(TOOLS, self.tools)
+        os.chmod(self.tools, 0o644)
 
     def run(self, ns, *args, uid=None, cgroup=True, background=False, timeout=20):
         prefix = f"echo $$ > {self.cg}/cgroup.procs; " if cgroup else ""
         cmd = ["nsenter", f"--net=/run/netns/{ns}"]
         if uid is not None:
             cmd += as_uid(uid)
-        cmd += [sys.executable, TOOLS, *map(str, args)]
+        cmd += [base_python(), "-I", self.tools, *map(str, args)]
         full = ["sh", "-c", prefix + 'exec "$@"', "sh", *cmd]
         if background:
             proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

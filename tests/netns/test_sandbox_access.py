@@ -1,5 +1,6 @@
-"""The sidecar runs as uid 5678 from the checkout: a checkout that user cannot read is named, with
-its fix, before any scene starts (a clone under /root, which Debian makes 0700)."""
+"""The sidecar runs as uid 5678: from a checkout that user cannot enter (a clone under /root,
+which Debian makes 0700) the sandbox runs it from a copy of its own, with the interpreter itself;
+an interpreter that user cannot run is named, with its fix, before any scene starts."""
 from __future__ import annotations
 
 import os
@@ -35,6 +36,34 @@ def closed_python():
 
 def test_this_checkout_runs_as_the_sidecars_user():
     check_runs_as(PROXY_UID)
+
+
+def test_the_demo_runs_from_a_checkout_and_venv_only_root_may_enter(closed_python):
+    """`git clone` into a 0700 home, then `sudo make demo`: the sidecar must not need to enter it."""
+    import site
+    import sysconfig
+
+    _, closed = closed_python
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    copy = os.path.join(closed, "tpctl")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if os.path.isfile(os.path.join(repo, name)):
+            os.makedirs(os.path.dirname(os.path.join(copy, name)), exist_ok=True)
+            shutil.copy2(os.path.join(repo, name), os.path.join(copy, name))
+    # a "venv" inside the closed directory: its python links to the interpreter, as venv makes it
+    os.makedirs(os.path.join(closed, "venv", "bin"))
+    python = os.path.join(closed, "venv", "bin", "python")
+    os.symlink(os.path.realpath(sys.executable), python)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([copy, *site.getsitepackages(), sysconfig.get_paths()["purelib"]]))
+    where = subprocess.run([python, "-c", "import engine.sandbox.netns as m; print(m.__file__)"], env=env,
+                           capture_output=True, text=True, timeout=60, cwd="/")
+    assert where.stdout.startswith(copy), where  # the demo below runs the closed copy
+    result = subprocess.run([python, "-m", "engine.cli", "demo", "--engine", "iptables"], env=env, cwd="/",
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "'original_dst': '198.18.0.2:9000'" in result.stdout
 
 
 def test_a_closed_directory_is_named_with_its_fix(closed_python):
