@@ -3,6 +3,7 @@ which CPU each program is pinned to. Pure: no file or process is touched here.""
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import yaml
 
@@ -78,6 +79,13 @@ http {{
   }}
 }}
 """
+
+
+def nginx_argv(workdir: str, conf: str, version: tuple[int, ...]) -> list[str]:
+    """nginx on `conf`, its early error log in `workdir` too where nginx has -e (1.19.5+; Debian
+    11 ships 1.18, which then writes only start-up errors to its default log)."""
+    argv = ["nginx", "-p", workdir, "-c", conf]
+    return argv[:3] + ["-e", os.path.join(workdir, "error.log")] + argv[3:] if version >= (1, 19, 5) else argv
 
 
 def excluded_ports(count: int) -> list[int]:

@@ -57,6 +57,12 @@ def other_qemu_running() -> bool:
     return subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, timeout=10).returncode == 0
 
 
+def nginx_version() -> tuple[int, ...]:
+    """nginx's version as numbers ("nginx version: nginx/1.22.1" -> (1, 22, 1)); () if unknown."""
+    found = re.search(r"nginx/(\d+(?:\.\d+)*)", _first_line(["nginx", "-v"]))
+    return tuple(int(part) for part in found.group(1).split(".")) if found else ()
+
+
 def describe() -> dict[str, str]:
     model, hypervisor = _cpuinfo()
     with open("/proc/loadavg", encoding="ascii") as handle:

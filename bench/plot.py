@@ -13,6 +13,13 @@ COLORS = {"direct": "#7f7f7f", "explicit": "#bcbd22", "iptables-nft": "#1f77b4",
           "ebpf": "#d62728", "ebpf-noaccel": "#ff9896"}
 
 
+
+def _ticks(ax, positions, labels, **style) -> None:
+    """Tick labels the way Matplotlib 3.3 (Debian 11) understands too: set_xticks() takes labels
+    and text properties only since 3.5."""
+    ax.set_xticks(list(positions))
+    ax.set_xticklabels(labels, fontsize=8, **style)
+
 def _bars(ax, cases, summaries, key, title, ylabel):
     values = [summaries.get(c, {}).get(key) for c in cases]
     xs = range(len(cases))
@@ -22,7 +29,7 @@ def _bars(ax, cases, summaries, key, title, ylabel):
     for x, m, top in zip(xs, med, err[1]):
         ax.annotate(f"{m:,.0f}" if m >= 100 else f"{m:,.2f}", (x, m + top), ha="center", va="bottom", fontsize=7,
                     xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(list(xs), cases, rotation=30, ha="right", fontsize=8)
+    _ticks(ax, list(xs), cases, rotation=30, ha="right")
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.margins(y=0.12)
@@ -36,7 +43,7 @@ def _grouped(ax, cases, summaries, keys, labels, title, ylabel):
         med = [v.median if v else 0 for v in values]
         err = [[(v.median - v.low) if v else 0 for v in values], [(v.high - v.median) if v else 0 for v in values]]
         ax.bar(xs, med, width, yerr=err, capsize=2, label=case, color=COLORS.get(case, "#999"))
-    ax.set_xticks(range(len(keys)), labels, fontsize=8)
+    _ticks(ax, range(len(keys)), labels)
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel, fontsize=8)
 
@@ -73,7 +80,7 @@ def _control(ax, control):
         xs = [j + (i - 0.5) * 0.4 for j in range(len(engines))]
         ax.bar(xs, med, 0.4, yerr=[err_low, err_high], capsize=3, label=f"tpctl {op}",
                color="#2ca02c" if op == "install" else "#98df8a")
-    ax.set_xticks(range(len(engines)), engines, fontsize=8)
+    _ticks(ax, range(len(engines)), engines)
     ax.set_title("control path wall time (median, min–max)", fontsize=10)
     ax.set_ylabel("seconds", fontsize=8)
     ax.legend(fontsize=7)

@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 
-from bench import configs, parse, procs
+from bench import configs, machine, parse, procs
 from engine.sandbox.netns import PROXY_UID, SRV_V4, Sandbox
 
 # Per-namespace sysctls (never the host's): TIME_WAIT reuse for every outgoing connection,
@@ -50,8 +50,8 @@ class Stack:
         nginx_conf = self._write("nginx/nginx.conf", configs.nginx_config(nginx_dir, SRV_V4))
         haproxy_conf = self._write("haproxy/haproxy.cfg", configs.haproxy_config(self.stats_socket, SRV_V4))
         server, sidecar = self.layout["server"], self.layout["sidecar"]
-        self.pids["nginx"] = sb.spawn(sb.srv, configs.taskset(server, [
-            "nginx", "-p", nginx_dir, "-e", os.path.join(nginx_dir, "error.log"), "-c", nginx_conf]),
+        self.pids["nginx"] = sb.spawn(sb.srv, configs.taskset(server, configs.nginx_argv(
+            nginx_dir, nginx_conf, machine.nginx_version())),
             log=os.path.join(nginx_dir, "stdout.log")).pid
         self.pids["iperf3-server"] = sb.spawn(sb.srv, configs.taskset(server, [
             "iperf3", "-s", "-B", SRV_V4, "-p", str(configs.IPERF_PORT)]),

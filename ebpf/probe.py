@@ -105,7 +105,7 @@ def check_compile(source_dir: str, accel: bool = False) -> Check:
         missing = _bcc_gap(text)
         return Check("compile", False, f"BCC {bcc_version()} cannot compile {source_dir}: "
                      + (missing or first),
-                     "use --ebpf-sk-msg-accel with BCC >= 0.21 only" if missing else
+                     f"use --ebpf-sk-msg-accel with BCC >= {ACCEL_MIN_BCC[0]}.{ACCEL_MIN_BCC[1]} only" if missing else
                      "install BCC and kernel headers that match (linux-headers-$(uname -r)), "
                      "or use the iptables engine")
     return Check("compile", True, f"{source_dir} compiles against these headers "
@@ -115,7 +115,8 @@ def check_compile(source_dir: str, accel: bool = False) -> Check:
 def _bcc_gap(compiler_output: str) -> str:
     """What an older BCC lacks, named, when the compiler output shows it."""
     if "invalid bpf_table operation msg_redirect_hash" in compiler_output:
-        return "its rewriter has no map.msg_redirect_hash(), which --ebpf-sk-msg-accel needs (BCC >= 0.21)"
+        return ("its rewriter has no map.msg_redirect_hash(), which --ebpf-sk-msg-accel needs "
+                f"(BCC >= {ACCEL_MIN_BCC[0]}.{ACCEL_MIN_BCC[1]})")
     return ""
 
 
@@ -157,6 +158,16 @@ def verifier_verdict(message: str) -> str:
     last = lines[-1]
     insn = next((ln for ln in reversed(lines[:-1]) if re.match(r"^\d+: \(", ln)), "")
     return f"{insn} / {last}" if insn else last
+
+
+# map.msg_redirect_hash(), which tp_skmsg.c (--ebpf-sk-msg-accel) needs, came with BCC 0.21
+# (iovisor/bcc 1aeec1ff); Debian 11 ships 0.18.
+ACCEL_MIN_BCC = (0, 21)
+
+
+def bcc_compiles_accel() -> bool:
+    found = re.match(r"(\d+)\.(\d+)", bcc_version())
+    return bool(found) and (int(found.group(1)), int(found.group(2))) >= ACCEL_MIN_BCC
 
 
 @lru_cache(maxsize=1)

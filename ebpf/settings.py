@@ -29,4 +29,4 @@ class EbpfSettings:
     cgroup_path: str = "/sys/fs/cgroup"
     bpffs_path: str = "/sys/fs/bpf"
     programs_source_path: str = DEFAULT_SOURCE_PATH
-    accel: bool = True                           # sk_msg local acceleration
+    accel: bool = False                          # sk_msg local acceleration (opt-in, as the flag)

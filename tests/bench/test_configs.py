@@ -77,3 +77,11 @@ def test_cpu_layout(cpus, layout):
 
 def test_taskset():
     assert configs.taskset([0, 2], ["wrk"]) == ["taskset", "-c", "0,2", "wrk"]
+
+
+def test_nginx_gets_its_early_error_log_option_only_where_it_has_one():
+    """-e came with nginx 1.19.5; Debian 11's 1.18 refuses it and the bench's server never starts."""
+    from bench.configs import nginx_argv
+
+    assert nginx_argv("/w", "/w/n.conf", (1, 22, 1)) == ["nginx", "-p", "/w", "-e", "/w/error.log", "-c", "/w/n.conf"]
+    assert nginx_argv("/w", "/w/n.conf", (1, 18, 0)) == ["nginx", "-p", "/w", "-c", "/w/n.conf"]

@@ -8,6 +8,7 @@ from ebpf_lab import PROXY_UID, in_netns, root_only, sh
 
 from ebpf import engine
 from ebpf.engine import EbpfSettings
+from ebpf.probe import bcc_compiles_accel
 
 pytestmark = root_only
 
@@ -20,7 +21,9 @@ def settings(lab, **kw):
                 exclude_inbound_cidrs=(), exclude_outbound_cidrs=("198.18.1.0/24",),
                 exclude_outbound_ports_for_uids=(("tcp", 7070, 7070, 1234, 1234),),
                 ipv6=True, instance_ips=("198.18.0.1", "2001:2::1"), tc_iface=lab.iface,
-                cgroup_path=lab.cg, bpffs_path=lab.bpffs)
+                cgroup_path=lab.cg, bpffs_path=lab.bpffs,
+                # the whole contract includes sk_msg wherever this BCC can compile it
+                accel=bcc_compiles_accel())
     base.update(kw)
     return EbpfSettings(**base)
 

@@ -78,7 +78,7 @@ def test_plan_is_data_and_renders():
                      exclude_outbound_ports_for_uids=(("tcp", 22, 22, 1000, 2000),),
                      redirect_dns="servers", dns_servers=("198.18.0.2",), tc_iface="eth0",
                      instance_ips=("198.18.0.1",), cgroup_path="/sys/fs/cgroup/unified",
-                     bpffs_path="/run/tpctl-bpffs")
+                     bpffs_path="/run/tpctl-bpffs", accel=True)
     p = plan(s)
     entries = {m.map: m.entries for m in p.maps}
     assert entries["tp_excl_out_v4"] == (("198.18.1.0/24", 1),)

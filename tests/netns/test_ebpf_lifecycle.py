@@ -12,6 +12,13 @@ from ebpf.pins import is_bpffs
 from tests.netns.conftest import install, install_args
 
 
+def kernel_name(program: str) -> str:
+    """A program's name as `bpftool cgroup show` prints it on every BCC: the kernel keeps 15
+    characters (BPF_OBJ_NAME_LEN); bpftool shows the whole name only from the program's BTF,
+    which BCC 0.18's load path (ebpf/load.py) does not pass."""
+    return program[:15]
+
+
 def ebpf_view(sandbox) -> dict:
     """Everything of the eBPF engine the kernel could still hold for this sandbox."""
     def run(*argv, ns=None):
@@ -39,7 +46,7 @@ def before(sandbox):
 def test_install_attaches_and_uninstall_leaves_nothing(sandbox, before):
     install(sandbox, "ebpf")
     during = ebpf_view(sandbox)
-    assert "tp_sock4_connect" in during["cgroup programs"] and "tp_getsockopt" in during["cgroup programs"]
+    assert kernel_name("tp_sock4_connect") in during["cgroup programs"] and "tp_getsockopt" in during["cgroup programs"]
     assert "tp_tc_ingress" in during["tc ingress"] and "tpctl" in during["bpffs"]
     result = sandbox.tpctl("uninstall")
     assert result.returncode == 0, result.stderr
@@ -168,7 +175,7 @@ def test_programs_source_path_compiles_another_bpf_src_and_a_missing_one_is_a_fa
     copy = os.path.join(sandbox.tmp, "my_bpf_src")
     shutil.copytree(os.path.join(os.path.dirname(__file__), "..", "..", "bpf_src"), copy)
     install(sandbox, "ebpf", "--ebpf-programs-source-path", copy)
-    assert "tp_sock4_connect" in ebpf_view(sandbox)["cgroup programs"]
+    assert kernel_name("tp_sock4_connect") in ebpf_view(sandbox)["cgroup programs"]
     assert sandbox.tpctl("uninstall").returncode == 0
     result = sandbox.tpctl(*install_args("ebpf", sandbox, "--ebpf-programs-source-path", copy + "-missing"))
     assert result.returncode == 3 and "programs source" in result.stderr

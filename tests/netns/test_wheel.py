@@ -24,8 +24,10 @@ def installed(tmp_path_factory):
     # --system-site-packages: BCC's Python bindings come from the distribution, as in setup.sh
     subprocess.run([os.path.realpath(sys.executable), "-m", "venv", "--system-site-packages", str(venv)],
                    check=True, timeout=300)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", wheel[0]],
-                   check=True, timeout=600)
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+    # Debian 11's venv pip (20.3) finds no PyYAML 6 wheel it can use; setup.sh upgrades it the same way
+    subprocess.run([*pip, "--upgrade", "pip>=21.3"], check=True, timeout=600)
+    subprocess.run([*pip, wheel[0]], check=True, timeout=600)
     return venv
 
 
