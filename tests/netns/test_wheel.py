@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import site
 import subprocess
 import sys
 
@@ -24,10 +25,16 @@ def installed(tmp_path_factory):
     # --system-site-packages: BCC's Python bindings come from the distribution, as in setup.sh
     subprocess.run([os.path.realpath(sys.executable), "-m", "venv", "--system-site-packages", str(venv)],
                    check=True, timeout=300)
-    pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
-    # Debian 11's venv pip (20.3) finds no PyYAML 6 wheel it can use; setup.sh upgrades it the same way
-    subprocess.run([*pip, "--upgrade", "pip>=21.3"], check=True, timeout=600)
-    subprocess.run([*pip, wheel[0]], check=True, timeout=600)
+    # Offline (the userland matrix runs its tests without a network): the wheel alone, its
+    # dependencies (click, pyroute2, ...) seen from this venv through a path line. A path in a .pth
+    # file is only appended to sys.path, its own .pth files (this checkout's editable finder) are
+    # not run, and the fresh venv's site-packages comes first: tpctl is imported from the wheel.
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-deps",
+                    "--no-index", wheel[0]], check=True, timeout=600)
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    with open(os.path.join(purelib, "tpctl-test-deps.pth"), "w") as handle:
+        handle.write("\n".join(site.getsitepackages()) + "\n")
     return venv
 
 
