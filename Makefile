@@ -1,5 +1,5 @@
 # Every target runs the idempotent set-up first, so a fresh checkout needs nothing else.
-.PHONY: setup test test-unit demo bench matrix clean
+.PHONY: setup test test-unit demo bench matrix userlands clean
 
 setup:
 	bash scripts/setup.sh
@@ -20,6 +20,11 @@ bench: setup
 # Debian kernels 5.10, 6.1 and 6.12 in throwaway QEMU guests: engine choice + traffic suite.
 matrix: setup
 	.venv/bin/python -m vagrant.matrix $(MATRIX_ARGS)
+
+# Debian 11, 12, 13 and sid userlands (debootstrap roots, cached in vagrant/.cache/userlands/), each
+# set up by scripts/setup.sh and running the whole suite chrooted on this kernel.
+userlands: setup
+	.venv/bin/python -m vagrant.userlands $(USERLAND_ARGS)
 
 clean:
 	rm -rf .venv build *.egg-info

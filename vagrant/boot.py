@@ -4,6 +4,11 @@ virtme-ng shares the host's root read-only over 9p and runs our guest script as 
 the legacy q35 machine with 9p (not microvm + virtio-fs), because microvm needs KVM and the
 same path must work under TCG. virtme-run starts QEMU as its child, in the session of its own
 that we give it: on time-out we kill that process group, by id, and only it.
+
+The console goes through a pipe that we copy into console.log: virtme has QEMU open
+/proc/self/fd/1 and /2 as `file` chardevs (four of them, plus the kernel console), and QEMU opens
+a file chardev with O_TRUNC at offset 0, so on a regular file each writer cut the log and wrote
+over the others (console.log came out empty). A pipe has no offset to clobber.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -24,6 +30,13 @@ LEGACY_CGROUPS = "SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1"
 # same root, which the guest mounts with cache=loose over /usr and the checkout, cut it to ~3 s.
 CACHED_ROOT_TAG = "tpctl-root"
 CACHED_ROOT = f"local,path=/,mount_tag={CACHED_ROOT_TAG},security_model=none,readonly=on,multidevs=remap"
+# the kernel's own console in console.log too (virtme sends it to /dev/null): errors, oopses and
+# panics only (virtme's `quiet loglevel=1` would keep panics only; the last loglevel= wins), so a
+# guest that dies in boot or mid-test says why. On kernels with xz modules (6.12, 7.x) the log
+# opens with one "Invalid ELF header magic: != ELF" per module of virtme's initramfs (netfs, 9p,
+# ...): busybox insmod offers the compressed file to the kernel first, then loads it decompressed;
+# they do load (the root is mounted with them)
+KERNEL_LOGLEVEL = "loglevel=4"
 
 
 RUNNING: set[subprocess.Popen] = set()  # guests booted by this process and not yet ended
@@ -44,8 +57,8 @@ class Guest:
 def command(guest: Guest, virtme_run: str = VIRTME_RUN) -> list[str]:
     argv = [virtme_run, "--kimg", guest.image, "--mods", "auto", "--force-9p", "--disable-microvm",
             "--cpus", str(guest.cpus), "--memory", guest.memory, "--rwdir", guest.run_dir,
-            "--name", "tpctl-matrix", "--script-sh", guest.script]
-    for arg in guest.kernel_args:
+            "--name", "tpctl-matrix", "--show-boot-console", "--script-sh", guest.script]
+    for arg in (KERNEL_LOGLEVEL, *guest.kernel_args):
         argv += ["-a", arg]
     if guest.accel == "tcg":
         argv += ["--disable-kvm"]
@@ -64,24 +77,39 @@ class Boot:
 
 
 def run(guest: Guest, timeout: float, console_name: str = "console.log") -> Boot:
-    """Boot, wait at most `timeout` seconds, kill our QEMU if still there. Console to a file."""
+    """Boot, wait at most `timeout` seconds, kill our QEMU if still there. Console to a file,
+    through a pipe (see the module's docstring)."""
     console = os.path.join(guest.run_dir, console_name)
     started = time.monotonic()
-    with open(console, "w", encoding="utf-8", errors="replace") as log:
-        log.write("$ " + shlex.join(command(guest)) + "\n")
+    with open(console, "wb") as log:
+        log.write(("$ " + shlex.join(command(guest)) + "\n").encode())
         log.flush()
-        proc = subprocess.Popen(command(guest), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(command(guest), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         RUNNING.add(proc)
+        copier = threading.Thread(target=copy_stream, args=(proc.stdout, log), daemon=True)
+        copier.start()
         try:
             code: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             code = None
             _kill(proc)
-            log.write(f"\nmatrix: guest still running after {timeout:.0f} s: killed its process group {proc.pid}\n")
+            killed = f"\nmatrix: guest still running after {timeout:.0f} s: killed its process group {proc.pid}\n"
+        else:
+            killed = ""
         finally:
             RUNNING.discard(proc)
+        copier.join(timeout=30)  # EOF once QEMU and virtme-run are gone
+        proc.stdout.close()
+        log.write(killed.encode())
     return Boot(code, round(time.monotonic() - started, 1), console)
+
+
+def copy_stream(source, into) -> None:
+    """Everything from `source` (a pipe) into `into`, as it comes, until EOF."""
+    for chunk in iter(lambda: source.read1(65536), b""):
+        into.write(chunk)
+        into.flush()
 
 
 def kill_running() -> None:

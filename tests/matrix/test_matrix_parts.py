@@ -3,6 +3,7 @@ KVM/TCG decision, what the guest reads from tpctl and pytest, and the table. No 
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import subprocess
 
 import pytest
@@ -30,10 +31,44 @@ def test_control_fields_of_the_first_stanza_and_the_versioned_image():
         kernels.versioned_dependency("linux-image-amd64, initramfs-tools", "linux-image-")
 
 
+# sid's 7.x packaging: the image package is empty and depends on the parts of the same release
+SID_IMAGE = """Package: linux-image-7.2.13+deb14-amd64
+Version: 7.2.13-1
+Depends: dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, linux-base-7.2.13+deb14-amd64 (= 7.2.13-1), linux-binary-7.2.13+deb14-amd64 (= 7.2.13-1), linux-modules-7.2.13+deb14-amd64 (= 7.2.13-1) | apparmor
+"""
+SID_META_DEPENDS = "linux-base-amd64 (= 7.2.13-1), linux-image-7.2.13+deb14-amd64 (= 7.2.13-1)"
+
+
+def test_the_release_parts_of_split_and_whole_image_packages():
+    assert (kernels.versioned_dependency(SID_META_DEPENDS, "linux-image-") == "linux-image-7.2.13+deb14-amd64")
+    depends = kernels.parse_control(SID_IMAGE)["Depends"]
+    assert kernels.release_parts(depends, "7.2.13+deb14-amd64") == [
+        "linux-base-7.2.13+deb14-amd64", "linux-binary-7.2.13+deb14-amd64", "linux-modules-7.2.13+deb14-amd64"]
+    # bookworm's linux-image-<release> holds everything itself: no parts, linux-base is not this release's
+    assert kernels.release_parts("kmod, linux-base (>= 4.3~), initramfs-tools (>= 0.120+deb8u2) | "
+                                 "linux-initramfs-tool", "6.1.0-50-amd64") == []
+
+
 def test_private_apt_never_reads_the_hosts_sources_or_state(tmp_path):
     options = " ".join(kernels.PrivateApt("bullseye", str(tmp_path)).options())
     for key in ("Dir::Etc::SourceList", "Dir::Etc::SourceParts", "Dir::State", "Dir::State::status", "Dir::Cache"):
         assert f"{key}={tmp_path}/apt/bullseye/" in options
+    assert "Check-Valid-Until" not in options  # stable suites keep apt's date check
+
+
+def test_private_apt_skips_only_the_date_check_where_asked(tmp_path):
+    options = kernels.PrivateApt("sid", str(tmp_path), check_valid_until=False).options()
+    assert options[-2:] == ["-o", "Acquire::Check-Valid-Until=false"]
+    assert not any("AllowInsecure" in o or "Check-Date" in o or "trusted" in o for o in options)
+
+
+def test_an_expired_release_file_names_the_kernels_yaml_fix(tmp_path, monkeypatch):
+    expired = ("E: Release file for http://deb.debian.org/debian/dists/sid/InRelease is expired "
+               "(invalid since 25d 0h 46min). Updates for this repository will not be applied.")
+    monkeypatch.setattr(kernels.subprocess, "run",
+                        lambda argv, **kw: subprocess.CompletedProcess(argv, 100, "", expired))
+    with pytest.raises(kernels.MatrixError, match="fix: `check_valid_until: false` for the sid kernel"):
+        kernels.PrivateApt("sid", str(tmp_path))._run(["apt-get", "update"], "apt-get update", 5)
 
 
 def test_kernel_paths_follow_debian_packaging(tmp_path):
@@ -46,6 +81,22 @@ def test_kernel_paths_follow_debian_packaging(tmp_path):
                          f"{tmp_path}/usr/src/linux-headers-6.1.0-9-common")
 
 
+def test_kernel_image_of_the_7x_packaging_is_under_usr_lib_modules(tmp_path):
+    spec = kernels.KernelSpec("k", "sid", "7.2", "ebpf", True, "max,-cx16", check_valid_until=False)
+    release = "7.2.13+deb14-amd64"
+    moddir = tmp_path / "usr/lib/modules" / release
+    moddir.mkdir(parents=True)
+    k = kernels.Kernel(spec, release, str(tmp_path), ())
+    assert k.image == f"{tmp_path}/boot/vmlinuz-{release}"  # neither there: the name the error gives
+    (moddir / "vmlinuz").write_bytes(b"")  # linux-binary-<release>
+    assert k.image == f"{moddir}/vmlinuz" and k.moddir == str(moddir)
+    assert k.headers == (f"{tmp_path}/usr/src/linux-headers-{release}",
+                         f"{tmp_path}/usr/src/linux-headers-7.2.13+deb14-common")
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / f"vmlinuz-{release}").write_bytes(b"")  # the older layout wins when both are there
+    assert k.image == f"{tmp_path}/boot/vmlinuz-{release}"
+
+
 def _guest(accel: str, cpu: str = "max,-cx16") -> boot.Guest:
     return boot.Guest("/k/vmlinuz", "/runs/x", "cd /repo && exec py -m vagrant.guest /runs/x/job.json", accel, cpu,
                       kernel_args=(boot.LEGACY_CGROUPS,))
@@ -56,10 +107,37 @@ def test_tcg_command_line_hides_cx16_and_shares_the_root_read_only_twice():
     assert argv[:5] == ["virtme-run", "--kimg", "/k/vmlinuz", "--mods", "auto"]
     assert "--disable-kvm" in argv and "--force-9p" in argv and "--rw" not in argv
     assert argv[argv.index("--rwdir") + 1] == "/runs/x"
-    assert argv[argv.index("-a") + 1] == boot.LEGACY_CGROUPS
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-a"][-1] == boot.LEGACY_CGROUPS
     opts = argv[argv.index("--qemu-opts") + 1:]  # swallows the rest: must be last
     assert opts == ["-virtfs", boot.CACHED_ROOT, "-cpu", "max,-cx16"]
     assert "readonly=on" in boot.CACHED_ROOT and f"mount_tag={boot.CACHED_ROOT_TAG}" in boot.CACHED_ROOT
+
+
+def test_the_kernel_console_goes_to_the_log_with_errors_and_panics():
+    argv = boot.command(_guest("tcg"), virtme_run="virtme-run")
+    assert "--show-boot-console" in argv[:argv.index("--script-sh")]
+    kernel_args = [argv[i + 1] for i, a in enumerate(argv) if a == "-a"]
+    assert kernel_args == [boot.KERNEL_LOGLEVEL, boot.LEGACY_CGROUPS] and boot.KERNEL_LOGLEVEL == "loglevel=4"
+
+
+def test_console_log_keeps_every_writer_that_reopens_its_stdout(tmp_path, monkeypatch):
+    """QEMU's file chardevs reopen /proc/self/fd/1 and /2 with O_TRUNC: on a regular file each cut
+    the log; through the pipe every line stays, the command line first."""
+    script = ("echo from-stdout > /proc/self/fd/1; echo from-stderr > /proc/self/fd/2; "
+              "echo again > /proc/self/fd/1")
+    monkeypatch.setattr(boot, "command", lambda guest: ["sh", "-c", script])
+    booted = boot.run(boot.Guest("/k", str(tmp_path), "true", "tcg"), timeout=30)
+    text = (tmp_path / "console.log").read_text()
+    assert booted.returncode == 0 and text.splitlines() == ["$ sh -c " + shlex.quote(script), "from-stdout",
+                                                          "from-stderr", "again"]
+
+
+def test_a_guest_past_its_time_is_killed_and_the_log_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(boot, "command", lambda guest: ["sh", "-c", "echo booting; exec sleep 60"])
+    booted = boot.run(boot.Guest("/k", str(tmp_path), "true", "tcg"), timeout=1)
+    text = (tmp_path / "console.log").read_text()
+    assert booted.returncode is None and booted.seconds < 30 and not boot.RUNNING
+    assert "booting\n" in text and "guest still running after 1 s: killed its process group" in text
 
 
 def test_kvm_command_line_keeps_virtmes_host_cpu():
