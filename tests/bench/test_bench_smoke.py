@@ -30,16 +30,22 @@ def positive(values) -> bool:
 
 @pytest.mark.privileged
 def test_every_case_scale_size_and_engine_produces_numbers(tmp_path):
+    from ebpf.probe import bcc_compiles_accel
+
     out = tmp_path / "results"
+    # the sk_msg case needs BCC >= 0.21 (Debian 11's 0.18 refuses it with a failed check,
+    # tests/netns/test_ebpf_accel.py); every other case runs wherever the suite runs
+    cases = [c for c in CASES if c != "ebpf" or bcc_compiles_accel()]
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--duration", "1", "--rounds", "1", "--concurrency", "16",
-         "--scale", "10", "--scale-rounds", "1", "--control-runs", "1", "--out", str(out)],
+         "--scale", "10", "--scale-rounds", "1", "--control-runs", "1", "--cases", ",".join(cases),
+         "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
     data = json.loads((out / "results.json").read_text())
 
-    assert data["meta"]["cases"] == list(CASES)
-    for case in CASES:
+    assert data["meta"]["cases"] == cases
+    for case in cases:
         for figure in CASE_FIGURES:
             assert positive(data["cases"][case].get(figure, [])), (case, figure, data["cases"][case])
     for engine in ENGINES:
@@ -48,10 +54,11 @@ def test_every_case_scale_size_and_engine_produces_numbers(tmp_path):
         for command in ("install", "uninstall"):
             (run,) = data["control"][engine][command]
             assert run["wall_s"] > 0 and run["maxrss_mib"] > 0, (engine, command, run)
-    assert data["checks"]["ebpf"]["sockhash_entries"][0] > 0
+    if "ebpf" in cases:
+        assert data["checks"]["ebpf"]["sockhash_entries"][0] > 0
     assert data["checks"]["ebpf-noaccel"]["sockhash_entries"] == [0]
 
     text = (out / "RESULTS.md").read_text()
-    assert all(f"| {case} " in text or f" {case} |" in text for case in CASES)
+    assert all(f"| {case} " in text or f" {case} |" in text for case in cases)
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "| figure |" in result.stdout  # the table is printed at the end
