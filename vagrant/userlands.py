@@ -17,6 +17,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -131,6 +132,12 @@ def lock(cache: str):
     return handle
 
 
+def cgroup_name(cache: str, suite: str) -> str:
+    """The run's cgroup: one per suite and cache (a cache is used by one run at a time, see lock()),
+    so two runs with two caches never remove each other's cgroups. Pure."""
+    return f"tpctl-userland-{suite}-{hashlib.sha256(os.path.abspath(cache).encode()).hexdigest()[:6]}"
+
+
 def trimmed_copy(source: str, target: str) -> None:
     """Copy a log, keeping its head and tail when it is long."""
     size = os.path.getsize(source)
@@ -159,7 +166,7 @@ class Userland:
     def in_root(self, argv: list[str], env: dict[str, str], log: str, timeout: float, **kwargs) -> int:
         """argv chrooted in the root, in a cgroup of this run's own, removed after (vagrant/chroot.py)."""
         try:
-            cgroup = chroot.make_cgroup(self.cgroup2, f"tpctl-userland-{self.spec.suite}")
+            cgroup = chroot.make_cgroup(self.cgroup2, cgroup_name(self.args.cache, self.spec.suite))
         except OSError as err:
             raise rootfs.RootError(str(err)) from None
         try:
@@ -334,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         chroot.stop()
         raise
     finally:
-        left = leftovers(args.cache, [os.path.join(cgroup2, f"tpctl-userland-{s.suite}") for s in chosen])
+        left = leftovers(args.cache, [os.path.join(cgroup2, cgroup_name(args.cache, s.suite)) for s in chosen])
         held.close()
     rows = []
     for userland in userlands:

@@ -128,6 +128,12 @@ def test_root_env_starts_empty_and_forwards_only_network_settings(tmp_path):
         assert absent not in env
 
 
+def test_each_cache_and_suite_has_a_cgroup_of_its_own():
+    names = {userlands.cgroup_name(c, s) for c in ("/a", "/b") for s in ("sid", "trixie")}
+    assert len(names) == 4 and all(n.startswith("tpctl-userland-") for n in names)
+    assert userlands.cgroup_name("/a", "sid") == userlands.cgroup_name("/a/../a", "sid")
+
+
 def test_a_runs_cgroup_goes_deepest_first_and_what_cannot_go_is_named(tmp_path):
     run = tmp_path / "tpctl-userland-sid"
     (run / "tpctl-sandbox-1" / "inner").mkdir(parents=True)
