@@ -17,7 +17,7 @@ demo: setup
 bench: setup
 	.venv/bin/python -m bench $(BENCH_ARGS)
 
-# Debian kernels 5.10, 6.1 and 6.12 in throwaway QEMU guests: engine choice + traffic suite.
+# Debian kernels 5.10, 6.1, 6.12 and sid's 7.x in throwaway QEMU guests: engine choice + traffic suite.
 matrix: setup
 	.venv/bin/python -m vagrant.matrix $(MATRIX_ARGS)
 

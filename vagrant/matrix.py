@@ -50,9 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "2 h for 5.10, three guests at once under TCG)")
     parser.add_argument("--cpus", type=int, help="guest CPUs (default: 1 under TCG, 2 under KVM)")
     parser.add_argument("--memory", default="2G")
-    parser.add_argument("--jobs", type=int, default=3,
-                        help="guests booted at once (default 3: every kernel at once; the time limits in the "
-                             "guests grow with the guests per host core)")
+    parser.add_argument("--jobs", type=int,
+                        help="guests booted at once (default: every kernel at once, 4 with kernels.yaml's; the "
+                             "time limits in the guests grow with the guests per host core)")
     parser.add_argument("--results", default=RESULTS, help="where the table and per-kernel records go")
     parser.add_argument("--update", action="store_true",
                         help="keep the rows of kernels and fallbacks not run now from the results' matrix.json")
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
     os.makedirs(args.results, exist_ok=True)
     # more guests than cores share them: the sandbox's waits get longer in proportion
-    scale = 8 * max(1.0, min(args.jobs, len(fetched) + 1) / (os.cpu_count() or 1))
+    jobs = args.jobs or len(fetched)
+    scale = 8 * max(1.0, min(jobs, len(fetched) + 1) / (os.cpu_count() or 1))
     # one guest per kernel (with its uname-2.6 checks), then one boot without cgroup2 per such check
     boots = [(kernel, job_for(kernel, tests, [f for f in fallbacks if f.on == kernel.spec.name
                                               and f.condition == "uname-2.6"], args.guest_timeout, True, scale), ())
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return result, booted
 
     # TCG guests have one vCPU each: more guests than host cores share them (the scale above)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         try:
             done = list(pool.map(lambda b: one(*b), boots))
         except BaseException:  # Ctrl-C included: no guest may outlive the matrix

@@ -206,6 +206,8 @@ def test_ci_and_named_selection():
     assert [k.name for k in matrix.select(data, "b", ci=False)] == ["b"]
     with pytest.raises(kernels.MatrixError, match="unknown zz"):
         matrix.select(data, "zz", ci=False)
+    # no --jobs: every kernel chosen boots at once (the four of kernels.yaml under --ci)
+    assert matrix.parse_args(["--ci"]).jobs is None and matrix.parse_args(["--jobs", "2"]).jobs == 2
 
 
 def test_box_differences_name_what_differs():
