@@ -46,7 +46,7 @@ def userland_row(name: str, suite: str, expected: str, result: dict | None, setu
         problems.append("setup.sh stopped at the time limit (see setup.log)")
     elif setup.get("exit") not in (0, None):
         problems.append(f"setup.sh exit {setup['exit']} (see setup.log)")
-    elif not result.get("done"):
+    elif setup.get("exit") == 0 and not result.get("done"):
         problems.append("the run in the root did not finish (see guest.log)")
     if tests.get("from_log"):
         problems.append("tests counted from pytest.log up to the stop")

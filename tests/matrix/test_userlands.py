@@ -277,31 +277,41 @@ def test_update_keeps_the_rows_not_run_now_with_their_run():
 
 
 class _Fake:
-    """A userland whose prepare sleeps and whose test records when it ran."""
+    """A userland whose prepare sleeps and whose test records what was in flight."""
 
-    def __init__(self, name, prepare_seconds, log):
-        self.name, self.prepare_seconds, self.log, self.result = name, prepare_seconds, log, None
+    def __init__(self, name, prepare_seconds, log, flight):
+        self.name, self.prepare_seconds, self.log, self.flight, self.result = name, prepare_seconds, log, flight, None
 
     def prepare(self):
         import time
+        self.flight.add(self.name)
+        self.log.append(("in flight", len(self.flight)))
         time.sleep(self.prepare_seconds)
         self.log.append(("prepared", self.name))
         return self
 
     def test(self):
+        import time
         self.log.append(("test", self.name))
+        time.sleep(0.1)
+        self.flight.discard(self.name)
         return {"name": self.name}
 
 
-def test_roots_are_made_side_by_side_and_tested_one_at_a_time_as_each_is_ready():
+def test_roots_are_made_beside_the_tests_which_run_one_at_a_time_as_each_root_is_ready():
     log: list = []
-    slow, fast = _Fake("slow", 0.3, log), _Fake("fast", 0.0, log)
-    userlands.run_all([slow, fast], jobs=2)
-    assert log == [("prepared", "fast"), ("test", "fast"), ("prepared", "slow"), ("test", "slow")]
-    assert slow.result == {"name": "slow"} and fast.result == {"name": "fast"}
+    flight: set = set()
+    slow, fast, third = _Fake("slow", 0.4, log, flight), _Fake("fast", 0.0, log, flight), _Fake("3rd", 0.0, log, flight)
+    userlands.run_all([slow, fast, third], jobs=2)
+    steps = [entry for entry in log if entry[0] != "in flight"]
+    assert steps[:2] == [("prepared", "fast"), ("test", "fast")]  # ready first, tested first
+    assert max(n for what, n in log if what == "in flight") == 2  # never more than --jobs at once
+    assert [s for s in steps if s[0] == "test"] == [("test", "fast"), ("test", "3rd"), ("test", "slow")]
+    assert slow.result == {"name": "slow"} and third.result == {"name": "3rd"}
     log.clear()
     userlands.run_all([slow, fast], jobs=1)  # one after the other, in userlands.yaml's order
-    assert log == [("prepared", "slow"), ("test", "slow"), ("prepared", "fast"), ("test", "fast")]
+    assert [e for e in log if e[0] != "in flight"] == [("prepared", "slow"), ("test", "slow"), ("prepared", "fast"),
+                                                      ("test", "fast")]
 
 
 def test_run_gives_the_exit_code_the_time_limit_and_the_cpu_seconds(tmp_path):
