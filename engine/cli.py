@@ -148,7 +148,7 @@ def _status_text(report: dict) -> str:
               help="auto: eBPF where every check passes, else iptables")
 def demo(engine):
     """Run the redirect end to end in a throwaway sandbox and clean up after."""
-    from engine.sandbox import demo as demo_module
+    from sandbox import demo as demo_module
 
     sys.exit(demo_module.run(engine, _show))
 
