@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from engine.probe import mounts_of_type
+from engine.contract import mounts_of_type
 
 from . import libbpf
 
@@ -13,16 +13,6 @@ from . import libbpf
 def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """The cgroup2 mount point (hybrid hosts: /sys/fs/cgroup/unified)."""
     return next(iter(mounts_of_type("cgroup2", mountinfo)), None)
-
-
-def is_cgroup2_dir(path: str) -> bool:
-    """True when path is a directory inside the cgroup2 hierarchy."""
-    mount = cgroup2_mount()
-    if mount is None or not os.path.isdir(path):
-        return False
-    real = os.path.realpath(path)
-    return (real == mount or real.startswith(mount.rstrip("/") + "/")) and \
-        os.path.exists(os.path.join(real, "cgroup.procs"))
 
 
 @contextlib.contextmanager

@@ -14,45 +14,46 @@ from .maps import LAYOUTS, TypedMap
 from .plan import Attachment, EbpfPlan, EbpfPlanError, MapWrite, plan
 from .probe import Check, feature_checks
 from .settings import EbpfSettings
-from .transaction import Transaction
+from engine.contract import Transaction, transaction
 
 __all__ = ["EbpfSettings", "Check", "EbpfPlan", "EbpfApplyError", "EbpfError", "EbpfPlanError",
            "MapWrite", "Attachment", "feature_checks", "plan", "apply", "uninstall", "status"]
 
 
-def apply(p: EbpfPlan) -> dict:
+def apply(p: EbpfPlan, tx: Transaction | None = None) -> dict:
+    """Make the plan real as steps of `tx` (the install's transaction, which rolls them back on
+    any failure). Without one, in a transaction of its own that raises EbpfApplyError."""
+    if tx is None:
+        with transaction(what="eBPF apply", error=EbpfApplyError) as own:
+            return apply(p, own)
     s = p.settings
     if pins.list_pins(s.bpffs_path):
         raise EbpfApplyError(f"already installed: {p.pin_dir} holds pins (uninstall first)", [])
-    tx = Transaction()
-    bpf = None
     record: dict = {"engine": "ebpf", "bpffs_path": s.bpffs_path, "pin_dir": p.pin_dir,
                     "prog_ids": {}, "pins": [], "attachments": [], "maps": list(MAPS),
                     "tc": None, "skipped": []}
-    try:
-        record["bpffs_mounted_by_us"] = tx.step(
-            "mount-bpffs", lambda: pins.mount_bpffs(s.bpffs_path),
-            lambda mounted: pins.umount(s.bpffs_path) if mounted else None)
-        tx.step("pin-dir", lambda: os.makedirs(p.pin_dir, exist_ok=False),
-                lambda _: os.rmdir(p.pin_dir))
-        bpf = tx.step("compile", lambda: take_compiled(s.programs_source_path, sources_for(s.accel)),
-                      lambda b: b.cleanup())
-        fns = _load_all(tx, bpf, p, record)
-        for name in MAPS:
-            _pin(tx, _map_fd(bpf, name), os.path.join(p.pin_dir, map_pin_name(name)), record)
-        for name, fn in fns.items():
-            _pin(tx, fn.fd, os.path.join(p.pin_dir, f"prog_{name}"), record)
-        for mw in p.maps:
-            tx.step(f"map:{mw.map}", lambda mw=mw: _write_map(bpf, mw))
-        meta = {"cgroup_path": os.path.realpath(s.cgroup_path), "tc_ifindex": 0, "tc_prio": 0,
-                "clsact_created": False, "accel_attached": False}
-        for att in p.attachments:
-            if att.program in fns:
-                _attach(tx, bpf, fns[att.program], att, record, meta)
-        tx.step("meta", lambda: TypedMap(META_MAP, _map_fd(bpf, META_MAP)).put(0, meta))
-    except Exception as exc:
-        raise tx.fail(exc) from exc
-    bpf.cleanup()  # closes our fds; pins and attachments keep everything alive
+    # every kernel call below is a step of tx, with its undo
+    record["bpffs_mounted_by_us"] = tx.step(
+        "mount-bpffs", lambda: pins.mount_bpffs(s.bpffs_path),
+        lambda mounted: pins.umount(s.bpffs_path) if mounted else None)
+    tx.step("pin-dir", lambda: os.makedirs(p.pin_dir, exist_ok=False),
+            lambda _: os.rmdir(p.pin_dir))
+    bpf = tx.step("compile", lambda: take_compiled(s.programs_source_path, sources_for(s.accel)),
+                  lambda b: b.cleanup())
+    fns = _load_all(tx, bpf, p, record)
+    for name in MAPS:
+        _pin(tx, _map_fd(bpf, name), os.path.join(p.pin_dir, map_pin_name(name)), record)
+    for name, fn in fns.items():
+        _pin(tx, fn.fd, os.path.join(p.pin_dir, f"prog_{name}"), record)
+    for mw in p.maps:
+        tx.step(f"map:{mw.map}", lambda mw=mw: _write_map(bpf, mw))
+    meta = {"cgroup_path": os.path.realpath(s.cgroup_path), "tc_ifindex": 0, "tc_prio": 0,
+            "clsact_created": False, "accel_attached": False}
+    for att in p.attachments:
+        if att.program in fns:
+            _attach(tx, bpf, fns[att.program], att, record, meta)
+    tx.step("meta", lambda: TypedMap(META_MAP, _map_fd(bpf, META_MAP)).put(0, meta))
+    tx.at_end(bpf.cleanup)  # our fds, once the install is kept or undone; pins and attachments hold the rest
     return record
 
 

@@ -18,10 +18,6 @@ class EbpfLoadError(EbpfError):
     """The kernel refused a program; the message carries the verifier log."""
 
 
-class InjectedFault(EbpfError):
-    """Raised by a step named in TPCTL_FAULT_INJECT, after the step did its work."""
-
-
 class EbpfApplyError(EbpfError):
     """apply failed and was rolled back; rollback_notes tell what the rollback did."""
 

@@ -5,6 +5,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from engine.contract import EnginePlan
+
 from .catalogue import (ATTACH_TYPE_NAMES, HOOK_CGROUP, HOOK_SK_MSG, HOOK_TC_EGRESS,
                         HOOK_TC_INGRESS, PROGRAMS, SOCKHASH_MAP, Program)
 from .errors import EbpfError
@@ -32,7 +34,7 @@ class Attachment:
 
 
 @dataclass(frozen=True)
-class EbpfPlan:
+class EbpfPlan(EnginePlan):
     settings: EbpfSettings
     programs: tuple[Program, ...]
     maps: tuple[MapWrite, ...]

@@ -10,33 +10,26 @@ from functools import lru_cache
 from . import libbpf
 from .catalogue import (ATTACH_TYPE_NAMES, PROG_CGROUP_SOCK_ADDR, PROG_CGROUP_SOCKOPT,
                         PROG_TYPE_NAMES, PROGRAMS)
-from .cgroup import cgroup2_mount, is_cgroup2_dir
+from .cgroup import cgroup2_mount
 from .compile import compile_for_check, find_kernel_headers, sources_for
 from .errors import EbpfCompileError, EbpfLoadError, HeadersNotFound
 from .load import load_program
 from .plan import wanted
 from .settings import DEFAULT_SOURCE_PATH
 from .pins import is_bpffs, mount_bpffs, umount
-from engine.choice import CGROUP2_FIX, KERNEL_FIX, MIN_EBPF_KERNEL as MIN_KERNEL
-from engine.choice import Check  # one Check type for the pipeline and these probes
-from engine.probe import kernel_version
+from .requirements import cgroup2_check, kernel_check
+from engine.contract import Check  # one Check type for the pipeline and these probes
 
 
-def check_kernel() -> Check:
-    rel = platform.release()
-    ok = kernel_version(rel) >= MIN_KERNEL
-    return Check("kernel", ok, f"kernel {rel} (need >= {MIN_KERNEL[0]}.{MIN_KERNEL[1]})",
-                 "" if ok else KERNEL_FIX)
+def check_kernel(release: str | None = None) -> Check:
+    """The running kernel (HostFacts.kernel_release when the pipeline has it)."""
+    return kernel_check(release or platform.release())
 
 
-def check_cgroup2(path: str | None) -> Check:
-    mount = cgroup2_mount()
-    if mount is None:
-        return Check("cgroup2", False, "no cgroup2 mount in /proc/self/mountinfo", CGROUP2_FIX)
-    path = path or mount
-    ok = is_cgroup2_dir(path)
-    return Check("cgroup2", ok, f"{path} {'is' if ok else 'is not'} a cgroup2 directory "
-                 f"(cgroup2 mounted at {mount})", "" if ok else f"use --ebpf-cgroup-path {mount}")
+def check_cgroup2(path: str | None, mount: str | None = None) -> Check:
+    """`path` is inside the cgroup2 hierarchy (HostFacts.cgroup2_mount, else mountinfo read once)."""
+    mount = mount or cgroup2_mount()
+    return cgroup2_check(mount, (path or mount) if mount else None)
 
 
 @lru_cache(maxsize=8)
@@ -198,7 +191,8 @@ def feature_checks(settings=None) -> list:
     source = getattr(settings, "programs_source_path", None) or DEFAULT_SOURCE_PATH
     accel = bool(getattr(settings, "accel", False))
     bcc, headers = check_bcc(), check_headers()
-    checks = [check_kernel(), check_cgroup2(cg), check_bpffs(bpffs), bcc, headers]
+    checks = [check_kernel(getattr(settings, "kernel_release", None)),
+              check_cgroup2(cg, getattr(settings, "cgroup2_mount", None)), check_bpffs(bpffs), bcc, headers]
     if os.geteuid() == 0:
         types = check_program_types()
         checks.extend(types)

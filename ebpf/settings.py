@@ -30,3 +30,6 @@ class EbpfSettings:
     bpffs_path: str = "/sys/fs/bpf"
     programs_source_path: str = DEFAULT_SOURCE_PATH
     accel: bool = False                          # sk_msg local acceleration (opt-in, as the flag)
+    # HostFacts the checks judge (None: read them here, for callers without HostFacts)
+    kernel_release: str | None = None
+    cgroup2_mount: str | None = None

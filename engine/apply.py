@@ -1,36 +1,35 @@
-"""install: Config -> HostFacts -> Choice -> Plan -> a transaction of steps -> State."""
+"""install, the one pipeline: probe once -> choose -> plan once -> dry run, or under the state
+lock one transaction: remove the previous install, the ::6 passthrough, the engine's steps, the
+state record. Engines are reached only through engine.registry and engine.contract."""
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-from typing import Callable
+from typing import Callable, Sequence
 
-from engine import firewalld, state, transaction
-from engine.choice import Choice, choose
+from engine import passthrough, registry, state
+from engine.choice import choose
 from engine.config import Config
-from engine.iptables import engine as iptables_engine
+from engine.contract import Check, Choice, RedirectEngine, Transaction, transaction
 from engine.probe import HostFacts, probe
-from engine.transaction import Step
 
 Say = Callable[[str], None]
-
-
-def ebpf_checks(config: Config, facts: HostFacts) -> list:
-    from engine import ebpf_glue
-
-    return ebpf_glue.checks(config, facts)
+PASSTHROUGH_STEP = "add ::6/128 to lo (IPv6 inbound passthrough source)"
 
 
 def decide(config: Config) -> tuple[HostFacts, Choice]:
+    """HostFacts once, each requested engine's checks once (only as far as the choice needs)."""
     facts = probe(config.resolv_conf)
-    checks = ebpf_checks(config, facts) if config.ebpf_enabled else None
-    choice = choose(config, facts, checks)
-    if choice.backend == "legacy" and facts.python_iptables_problem is None:
-        # python-iptables' self-test costs two interpreter start-ups: only the legacy backend pays
-        from engine.iptables.legacy_selftest import python_iptables_problem
+    judged: dict[str, Sequence[Check]] = {}
 
-        facts = dataclasses.replace(facts, python_iptables_problem=python_iptables_problem() or "")
-        choice = choose(config, facts, checks)
+    def checks_of(engine: RedirectEngine) -> Sequence[Check]:
+        if engine.name not in judged:
+            judged[engine.name] = engine.checks(config, facts)
+        return judged[engine.name]
+
+    choice = choose(config, facts, checks_of)
+    engine = _engine(choice)
+    more = engine.facts_for(config, facts, choice)  # what only the chosen engine pays for
+    if more is not facts:
+        facts, choice = more, choose(config, more, checks_of)
     return facts, choice
 
 
@@ -39,61 +38,49 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
     facts, choice = decide(config)
     for reason in choice.reasons:
         say(f"# {reason}")
-    if choice.engine == "ebpf":
-        from engine import ebpf_glue
-
-        ebpf_glue.install(config, facts, choice, state_dir, say, show)
-        return
-    plan = iptables_engine.plan(config, facts, choice)
+    engine = _engine(choice)
+    plan = engine.plan(config, facts, choice)
     for warning in plan.warnings:
         say(f"# [WARNING] {warning}")
-    _note_backend_visibility(choice, facts, say)
+    for note in engine.notes(config, facts, choice):
+        say(note)
     if config.dry_run:
         show(plan.render())
         return
-    digest = hashlib.sha256((plan.backend + plan.applier + plan.render()).encode()).hexdigest()
+    digest = plan.digest()
     with state.locked(state_dir):
         previous = state.load(state_dir)
-        if previous and previous.get("digest") == digest and not iptables_engine.drift(previous):
+        mine = state.engine_part(previous, engine.name)
+        if previous and mine is not None and previous.get("digest") == digest and not engine.status(mine)[2]:
             say("tpctl: already installed with this configuration; nothing changed")
             return
-        if previous and previous.get("engine") == "ebpf":
-            from engine import ebpf_glue
-
-            say("# replacing the previous eBPF install")
-            ebpf_glue.uninstall(previous["ebpf"]["bpffs_path"], previous["ebpf"], dry_run=False)
-            previous = None
-        record = iptables_engine.InstallRecord(plan.backend, plan.applier)
-        # a replaced install's nf_tables scaffold stays ours to remove once empty
-        record.nft_created = dict((previous or {}).get("iptables", {}).get("nft_created", {}))
-        recorded = iptables_engine.recorded_lines(previous)
-        steps = iptables_engine.install_steps(config, plan, recorded, record)
-        if config.store_firewalld:
-            steps.append(_firewalld_step(plan))
-        done = transaction.run(steps, say if config.verbose else (lambda _m: None))
-        state.save(state_dir, state.install_record(
-            "iptables", digest, choice.to_json(), config.as_dict(), steps=done,
-            iptables={"backend": record.backend, "applier": record.applier, "rules": record.rules, "chains": record.chains,
-                      "ipv6_passthrough_added": record.ipv6_passthrough_added,
-                      "nft_created": record.nft_created,
-                      "firewalld": config.store_firewalld}))
-    say(f"tpctl: installed the iptables engine ({plan.backend} backend through {plan.applier}, "
-        f"{', '.join(f.label for f in plan.families)})")
+        with transaction(say if config.verbose else (lambda _m: None)) as tx:
+            if previous is not None:
+                say("# replacing the previous tpctl install")
+            for each in registry.engines():
+                each.remove_previous(tx, config, state.engine_part(previous, each.name))
+            owns_passthrough = _passthrough(tx, 6 in choice.families, state.owns_passthrough(previous))
+            record = engine.apply(tx, config, plan, mine)
+            whole = state.install_record(engine.name, digest, choice.to_json(), config.as_dict(),
+                                         ipv6_passthrough_added=owns_passthrough, **{engine.name: record})
+            tx.step("record the install in the state file", lambda: state.save(state_dir, whole),
+                    lambda _r: state.save(state_dir, previous) if previous else state.forget(state_dir))
+    say(engine.installed_line(plan, record))
 
 
-def _firewalld_step(plan) -> Step:
-    saved: dict = {}
-
-    def do():
-        saved["path"], saved["previous"] = firewalld.write(plan.families)
-
-    return Step("store rules in firewalld's direct.xml", do,
-                lambda: firewalld.restore(saved["path"], saved["previous"]))
+def _engine(choice: Choice) -> RedirectEngine:
+    engine = registry.get(choice.engine)
+    assert engine is not None, choice.engine  # choose() names registry engines only
+    return engine
 
 
-def _note_backend_visibility(choice: Choice, facts: HostFacts, say: Say) -> None:
-    """Never leave rules where the user's `iptables` does not look without saying so."""
-    shown = "nft" if facts.iptables_default == "nf_tables" else "legacy"
-    if facts.iptables_default and choice.backend != shown:
-        say(f"# [NOTE] rules go to the {choice.backend} tables, but `iptables` on this host is "
-            f"{facts.iptables_default}: see them with iptables-{choice.backend}-save")
+def _passthrough(tx: Transaction, wanted: bool, inherited: bool) -> bool:
+    """::6/128 on lo when IPv6 is redirected. A replaced install's address stays owned by the
+    new one (so uninstall still removes it); one the new install does not need is removed."""
+    if wanted:
+        added = tx.step(PASSTHROUGH_STEP, passthrough.add, lambda made: passthrough.remove() if made else None)
+        return bool(added) or inherited
+    if inherited:
+        tx.step("remove ::6/128 from lo (the previous install added it)", passthrough.remove,
+                lambda _r: passthrough.add())
+    return False

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -9,7 +10,7 @@ from click.core import ParameterSource
 
 from engine import config as config_module
 from engine import state
-from engine.errors import DriftFound
+from engine.errors import ConfigError, DriftFound
 from engine.options import INSTALL_OPTIONS, OptionSpec
 
 
@@ -84,6 +85,7 @@ def install(ctx, config_files, state_dir, **params):
     """Redirect traffic through the sidecar (mirrors `kumactl install transparent-proxy`)."""
     from engine import apply
 
+    _need_root("install")
     files = [p.strip() for item in config_files for p in item.split(",") if p.strip()]
     config = config_module.build(explicit_values(ctx, params), files)
     apply.install(config, state.state_dir(state_dir), _say, _show)
@@ -99,7 +101,8 @@ def uninstall(dry_run, verbose, ebpf_bpffs_path, state_dir):
     """Remove exactly what install made, and nothing else."""
     from engine import lifecycle
 
-    removed = lifecycle.uninstall(state.state_dir(state_dir), ebpf_bpffs_path, dry_run, _say)
+    _need_root("uninstall")
+    removed = lifecycle.uninstall(state.state_dir(state_dir), {"ebpf_bpffs_path": ebpf_bpffs_path}, dry_run, _say)
     if dry_run or verbose:
         for line in removed:
             _show(("would remove: " if dry_run else "removed: ") + line)
@@ -116,31 +119,44 @@ def status(as_json, ebpf_bpffs_path, state_dir):
     from engine import lifecycle
     from engine.probe import probe
 
-    report = lifecycle.status(state.state_dir(state_dir), ebpf_bpffs_path)
+    _need_root("status")
+    report, lines = lifecycle.status(state.state_dir(state_dir), {"ebpf_bpffs_path": ebpf_bpffs_path})
     if as_json:
         report["host"] = probe().to_json()
         _show(json.dumps(report, indent=2, sort_keys=True, default=str))
     else:
-        _show(_status_text(report))
+        _show(status_text(report, lines))
     if report["drift"]:
         raise DriftFound("drift found:\n  " + "\n  ".join(report["drift"]))
 
 
-def _status_text(report: dict) -> str:
+def status_text(report: dict, engine_lines: list[str]) -> str:
+    """What `systemctl status` would say: a headline, then lines a person reads."""
     if not report["installed"]:
-        return "tpctl: not installed"
+        head = "tpctl: not installed"
+        if report["drift"]:
+            head += f" (no state file in {report['state_dir']}), but tpctl objects are on this host:"
+        return "\n".join([head, *(f"  {d.split(': ', 1)[-1]}" for d in report["drift"])])
     lines = [f"tpctl: installed, engine {report['engine']} (since {report['installed_at']})"]
-    for reason in (report.get("choice") or {}).get("reasons", []):
-        lines.append(f"  why: {reason}")
-    if "iptables" in report:
-        ipt = report["iptables"]
-        lines.append(f"  backend: {ipt['backend']} (through {ipt['applier']}); families: " + ", ".join(f"IPv{f}" for f in ipt["families"]))
-        lines.append("  rules: " + ", ".join(f"IPv{f}: {n}" for f, n in sorted(ipt["rules"].items())))
-    if "ebpf" in report:
-        for key, value in report["ebpf"].items():
-            lines.append(f"  {key}: {value}")
-    lines.append("  drift: " + ("none" if not report["drift"] else f"{len(report['drift'])} differences"))
+    choice = report.get("choice") or {}
+    for number, reason in enumerate(choice.get("reasons", [])):
+        lines.append(("  why:  " if number == 0 else "        ") + reason)
+    families = ", ".join(f"IPv{f}" for f in choice.get("families", []))
+    if families:
+        lines.append(f"  families: {families}" + ("; ::6/128 on lo added by tpctl" if report.get("ipv6_passthrough_added")
+                                                 else ""))
+    lines += [f"  {line}" for line in engine_lines]
+    if report["drift"]:
+        lines.append(f"  drift: {len(report['drift'])} differences from the record (below; exit code 5)")
+    else:
+        lines.append("  drift: none (the kernel holds what install recorded)")
     return "\n".join(lines)
+
+
+def _need_root(command: str) -> None:
+    if os.geteuid() != 0:
+        raise ConfigError(f"tpctl {command} needs root: it reads and changes netfilter tables, cgroup and tc "
+                          f"programs, bpffs pins and {state.DEFAULT_DIR} (fix: sudo tpctl {command} ...)")
 
 
 @main.command()

@@ -1,75 +1,54 @@
-"""uninstall and status: read State (or, without it, the ownership tags) and act on it."""
+"""uninstall and status over every registered engine: from State when there is one, and always
+by what each engine's tags and pins show."""
 from __future__ import annotations
 
 from typing import Callable
 
-from engine import firewalld, state
-from engine.iptables import engine as iptables_engine
+from engine import passthrough, registry, state
 
 Say = Callable[[str], None]
 
 
-def uninstall(state_dir: str, bpffs_path: str | None, dry_run: bool, say: Say) -> list[str]:
-    """Remove what install made: from State when there is one, by ownership tags always."""
+def uninstall(state_dir: str, options: dict, dry_run: bool, say: Say) -> list[str]:
+    """Remove what install made. `options`: uninstall's flags (ebpf_bpffs_path)."""
     if dry_run:  # read only: not even the state directory is created
-        return _uninstall(state.load(state_dir), bpffs_path, True, say)
+        return _uninstall(state.load(state_dir), options, True, say)
     with state.locked(state_dir):
-        removed = _uninstall(state.load(state_dir), bpffs_path, False, say)
+        removed = _uninstall(state.load(state_dir), options, False, say)
         state.remove(state_dir)
     return removed
 
 
-def _uninstall(record: dict | None, bpffs_path: str | None, dry_run: bool, say: Say) -> list[str]:
+def _uninstall(record: dict | None, options: dict, dry_run: bool, say: Say) -> list[str]:
     if record is None:
         say("# no state file: finding tpctl objects by their tags (TPCTL_ chains, tpctl/ comments, "
             "pins under <bpffs>/tpctl)")
-    removed = iptables_engine.uninstall(record, dry_run=dry_run)
-    removed += _uninstall_ebpf(record, bpffs_path, dry_run, say)
-    if (record or {}).get("iptables", {}).get("firewalld") or record is None:
-        path = None if dry_run else firewalld.remove_ours()
-        if path:
-            removed.append(f"{path}: tpctl entries")
+    removed: list[str] = []
+    for engine in registry.engines():
+        removed += engine.uninstall(state.engine_part(record, engine.name), options, dry_run, say)
+    if state.owns_passthrough(record):
+        removed.append("lo: remove ::6/128")
+        if not dry_run:
+            passthrough.remove()
     return removed
 
 
-def _uninstall_ebpf(record: dict | None, bpffs_path: str | None, dry_run: bool, say: Say) -> list[str]:
-    from engine import ebpf_glue
-    from engine.options import BY_FIELD
-
-    ebpf_state = (record or {}).get("ebpf")
-    path = (ebpf_state or {}).get("bpffs_path") or bpffs_path or BY_FIELD["ebpf_bpffs_path"].default
-
-    return ebpf_glue.uninstall(path, ebpf_state, dry_run, say)
-
-
-def status(state_dir: str, bpffs_path: str | None) -> dict:
-    """What is installed and whether it drifted; `drift` non-empty means exit code 5."""
+def status(state_dir: str, options: dict) -> tuple[dict, list[str]]:
+    """What is installed and whether it drifted, as (the --json report, lines for people);
+    `drift` non-empty means exit code 5."""
     record = state.load(state_dir)
     report: dict = {"installed": record is not None, "state_dir": state_dir, "drift": []}
     if record is None:
-        leftovers = _tagged_leftovers()
-        if leftovers:
-            report["drift"] = [f"not installed (no state), but tpctl objects exist: {x}" for x in leftovers]
-        return report
+        found = [x for engine in registry.engines() for x in engine.leftovers(options)]
+        report["drift"] = [f"not installed (no state), but tpctl objects exist: {x}" for x in found]
+        return report, []
     report.update({k: record.get(k) for k in ("engine", "installed_at", "choice", "config")})
-    if record.get("engine") == "iptables":
-        ipt = record["iptables"]
-        report["iptables"] = {
-            "backend": ipt["backend"],
-            "applier": ipt.get("applier", "python-iptables" if ipt["backend"] == "legacy" else "iptables-nft-restore"),
-            "families": sorted(ipt["chains"]),
-            "rules": {fam: len(lines) for fam, lines in ipt["rules"].items()},
-            "chains": ipt["chains"],
-            "ipv6_passthrough_added": ipt.get("ipv6_passthrough_added", False),
-        }
-        report["drift"] = iptables_engine.drift(record)
-    else:
-        from engine import ebpf_glue
-
-        report["ebpf"], report["drift"] = ebpf_glue.status(record)
-    return report
-
-
-def _tagged_leftovers() -> list[str]:
-    return [f"{backend.name} IPv{family} chain {c}"
-            for backend, family, owned in iptables_engine.owned_everywhere(5) for _t, c, _r in owned.chains]
+    report["ipv6_passthrough_added"] = state.owns_passthrough(record)
+    engine = registry.get(str(record.get("engine")))
+    mine = state.engine_part(record, engine.name) if engine else None
+    if engine is None or mine is None:
+        report["drift"] = [f"the state file in {state_dir} records engine {record.get('engine')!r} without its "
+                           f"part (engines here: {', '.join(registry.names())}); fix: tpctl uninstall"]
+        return report, []
+    report[engine.name], lines, report["drift"] = engine.status(mine)
+    return report, lines

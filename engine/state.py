@@ -41,7 +41,23 @@ def load(directory: str) -> dict | None:
         return None
     except (OSError, ValueError):
         return None  # unreadable: uninstall falls back to ownership tags
-    return record if record.get("version") == VERSION else None
+    # a JSON array or scalar is as unreadable as garbage: uninstall falls back to the tags
+    return record if isinstance(record, dict) and record.get("version") == VERSION else None
+
+
+def engine_part(record: dict | None, name: str) -> dict | None:
+    """An engine's part of a state record, when that record is that engine's install."""
+    if not record or record.get("engine") != name or not isinstance(record.get(name), dict):
+        return None
+    return record[name]
+
+
+def owns_passthrough(record: dict | None) -> bool:
+    """Did the recorded install add ::6/128? (Records before 2026-12 keep it in the engine's part.)"""
+    if not record:
+        return False
+    part = record.get(str(record.get("engine")))
+    return bool(record.get("ipv6_passthrough_added") or (isinstance(part, dict) and part.get("ipv6_passthrough_added")))
 
 
 def install_record(engine: str, digest: str, choice: dict, config: dict, **engine_parts) -> dict:
@@ -59,6 +75,12 @@ def save(directory: str, record: dict) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, os.path.join(directory, "state.json"))
+
+
+def forget(directory: str) -> None:
+    """Remove the record only (the caller holds the lock)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(directory, "state.json"))
 
 
 def remove(directory: str) -> None:

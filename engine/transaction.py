@@ -1,23 +1,46 @@
-"""A transaction of steps, each with its undo (as pyroute2's ndb transactions).
+"""The one transaction every install runs in: steps, each with its undo (as pyroute2's ndb).
 
-Steps run in order. When one fails, the steps already done are undone in reverse order and
-ApplyFailed is raised with the original error; an undo that fails too is reported, not hidden.
-A fault can be injected after any named step with TPCTL_FAULT_INJECT=<step name>, which is
-how the tests prove that a failure half-way leaves the host as it was.
+Steps run in order. When anything fails, Ctrl-C and SIGTERM included, the steps already done
+are undone in reverse order; a failure raises ApplyFailed with the original error and what the
+rollback did, an interrupt is re-raised once the host is back as it was. An undo that fails too
+is reported, not hidden.
+
+SIGINT and SIGTERM that arrive while a step runs are held until the step has recorded its
+undo: otherwise a signal between "the kernel made the object" and "the undo is recorded" would
+leave the object behind. They are held during the rollback too.
+
+Two hooks let the tests prove it, named by step:
+  TPCTL_FAULT_INJECT=<step>          fail right after the step
+  TPCTL_SIGNAL_IN_STEP=<step>:<INT|TERM>   send this process the signal inside the step, after
+                                     its work and before its undo is recorded (the worst moment)
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from engine.errors import ApplyFailed
 
 FAULT_ENV = "TPCTL_FAULT_INJECT"
+SIGNAL_ENV = "TPCTL_SIGNAL_IN_STEP"
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+Log = Callable[[str], None]
 
 
 class InjectedFault(RuntimeError):
-    pass
+    """Raised right after the step named in TPCTL_FAULT_INJECT."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM as an exception, so that the transaction rolls back before the process ends."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
 
 
 @dataclass
@@ -27,36 +50,137 @@ class Step:
     undo: Callable[[], object]
 
 
-def run(steps: list[Step], log: Callable[[str], None] = lambda _: None) -> list[str]:
-    """Run every step; return the names of the steps done. On failure roll back and raise."""
-    done: list[Step] = []
-    fault = os.environ.get(FAULT_ENV)
+class Transaction:
+    """Done steps and their undos. Use it through transaction(); engines call step()."""
+
+    def __init__(self, log: Log = lambda _m: None) -> None:
+        self.log = log
+        self.done: list[str] = []
+        self.current: str | None = None  # the step running or last started: named in failures
+        self._undos: list[tuple[str, Callable[[], Any]]] = []
+        self._held: list[int] = []
+        self._holding = False
+        self._at_end: list[Callable[[], Any]] = []
+
+    def at_end(self, action: Callable[[], Any]) -> None:
+        """Run action when the transaction ends, kept or rolled back (e.g. close fds undos need)."""
+        self._at_end.append(action)
+
+    def step(self, name: str, do: Callable[[], Any], undo: Callable[[Any], Any] | None = None) -> Any:
+        """Run do(); record undo(result) before a held signal may end the install."""
+        self.log(f"step: {name}")
+        self.current = name
+        self._holding = True
+        try:
+            result = do()
+            if undo is not None:
+                self._undos.append((name, lambda: undo(result)))
+            self.done.append(name)
+            _signal_hook(name)
+        finally:
+            self._holding = False
+        self._deliver_held()
+        if os.environ.get(FAULT_ENV) == name:
+            raise InjectedFault(f"fault injected after step {name!r} ({FAULT_ENV})")
+        return result
+
+    def run(self, steps: list[Step]) -> None:
+        for s in steps:
+            self.step(s.name, s.do, lambda _result, s=s: s.undo())
+
+    def rollback(self) -> list[str]:
+        """Undo every done step, newest first; return what each undo did."""
+        notes = []
+        self._holding = True
+        try:
+            while self._undos:
+                name, undo = self._undos.pop()
+                self.log(f"undo: {name}")
+                try:
+                    undo()
+                    notes.append(f"undid {name}")
+                except Exception as err:  # keep undoing the rest; report it
+                    notes.append(f"undo of {name!r} failed: {err}")
+        finally:
+            self._holding = False
+        return notes
+
+    # signals: held while a step or the rollback runs, delivered between steps
+    def _on_signal(self, signum: int, _frame) -> None:
+        if self._holding:
+            self._held.append(signum)
+        else:
+            _raise_for(signum)
+
+    def _deliver_held(self) -> None:
+        if self._held:
+            signum = self._held[0]
+            self._held.clear()
+            _raise_for(signum)
+
+
+def _raise_for(signum: int) -> None:
+    if signum == signal.SIGTERM:
+        raise Terminated()
+    raise KeyboardInterrupt()
+
+
+def _signal_hook(name: str) -> None:
+    wanted, _, which = os.environ.get(SIGNAL_ENV, "").rpartition(":")
+    if wanted == name:
+        os.kill(os.getpid(), getattr(signal, f"SIG{which}"))
+
+
+@contextlib.contextmanager
+def _signals_to(tx: Transaction) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can take signals: nothing to hold
+        return
+    previous = {s: signal.signal(s, tx._on_signal) for s in HELD_SIGNALS}
     try:
-        for step in steps:
-            log(f"step: {step.name}")
-            step.do()
-            done.append(step)
-            if fault == step.name:
-                raise InjectedFault(f"fault injected after step {step.name!r} ({FAULT_ENV})")
-    except BaseException as err:  # every failure, Ctrl-C included, must roll back
-        problems = []
-        for step in reversed(done):
-            log(f"undo: {step.name}")
-            try:
-                step.undo()
-            except Exception as undo_err:  # keep undoing the rest; report it below
-                problems.append(f"undo of {step.name!r} failed: {undo_err}")
-        message = f"install failed at step {_failed_step(steps, done)!r}: {err}"
-        message += "; rolled back " + (", ".join(s.name for s in reversed(done)) or "nothing (no step had completed)")
-        if problems:
-            message += "; ROLLBACK INCOMPLETE: " + "; ".join(problems)
-        if not isinstance(err, Exception):  # KeyboardInterrupt, SystemExit: rolled back, now go on
-            raise
-        raise ApplyFailed(message) from err
-    return [s.name for s in done]
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-def _failed_step(steps: list[Step], done: list[Step]) -> str:
-    if len(done) < len(steps) and (not done or done[-1].name != os.environ.get(FAULT_ENV)):
-        return steps[len(done)].name
-    return done[-1].name if done else steps[0].name
+def _apply_failed(message: str, _notes: list[str]) -> Exception:
+    return ApplyFailed(message)
+
+
+@contextlib.contextmanager
+def transaction(log: Log = lambda _m: None, what: str = "install",
+                error: Callable[[str, list[str]], Exception] = _apply_failed) -> Iterator[Transaction]:
+    """All or nothing: the body's steps stay only if the body ends normally. A failure raises
+    error(message, rollback notes) (ApplyFailed: exit 4)."""
+    tx = Transaction(log)
+    with _signals_to(tx):
+        try:
+            yield tx
+        except BaseException as err:  # every failure, Ctrl-C and SIGTERM included, rolls back
+            notes = tx.rollback()
+            if not isinstance(err, Exception):  # KeyboardInterrupt, SystemExit: rolled back, go on
+                raise
+            tx._deliver_held()  # interrupted during the rollback: stop as asked, the host is restored
+            raise error(failure_message(what, tx, err, notes), notes) from err
+        finally:
+            for action in tx._at_end:
+                action()
+
+
+def failure_message(what: str, tx: Transaction, err: BaseException, notes: list[str]) -> str:
+    rolled = [n.removeprefix("undid ") for n in notes if n.startswith("undid ")]
+    problems = [n for n in notes if not n.startswith("undid ")]
+    where = f" at step {tx.current!r}" if tx.current else " before its first step"
+    message = f"{what} failed{where}: {err}"
+    message += "; rolled back " + (", ".join(rolled) or "nothing (no step had completed)")
+    if problems:
+        message += "; ROLLBACK INCOMPLETE: " + "; ".join(problems)
+    return message
+
+
+def run(steps: list[Step], log: Log = lambda _m: None) -> list[str]:
+    """Run steps as one transaction; return the names of the steps done."""
+    with transaction(log) as tx:
+        tx.run(steps)
+    return tx.done

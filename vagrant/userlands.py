@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from engine.choice import CGROUP2_FIX
+from ebpf.requirements import CGROUP2_FIX
 from engine.probe import mounts_of_type
 from vagrant import chroot, guest, rootfs
 from vagrant import table as kernel_table

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from engine.choice import LEGACY_RESTORE
+from engine.iptables.selection import LEGACY_RESTORE
 from engine.iptables.rules import COMMENT_PREFIX, FamilyPlan, Rule, TablePlan, table_to_json
 from engine.timeouts import bound
 

@@ -1,12 +1,11 @@
 """The iptables engine: plan, install steps, uninstall and drift, over either backend."""
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
-from engine import passthrough
-from engine.choice import Choice
-from engine.config import Config
+from engine.contract import Choice, Config, EnginePlan
 from engine.iptables import live, nft_scaffold
 from engine.iptables.backends import Backend, BackendError, make_backend
 from engine.iptables.builder import FamilyInputs, build_family
@@ -14,17 +13,20 @@ from engine.iptables.rules import FamilyPlan
 from engine.probe import HostFacts
 from engine.transaction import Step
 
+
 @dataclass(frozen=True)
-class IptablesPlan:
+class IptablesPlan(EnginePlan):
     backend: str
-    applier: str  # engine.choice's PYTHON_IPTABLES, LEGACY_RESTORE or NFT_RESTORE
+    applier: str  # selection's PYTHON_IPTABLES, LEGACY_RESTORE or NFT_RESTORE
     families: tuple[FamilyPlan, ...]
-    ipv6_passthrough: bool  # ::6/128 must be on lo (the proxy's IPv6 inbound passthrough source)
     warnings: tuple[str, ...] = ()
 
     def render(self) -> str:
         """The dry-run text: iptables-restore input per family, as kumactl prints it."""
         return "\n".join(f"### {f.label} ###\n\n{f.restore_text()}" for f in self.families)
+
+    def digest(self) -> str:  # the same rules through another backend or applier are another install
+        return hashlib.sha256((self.backend + self.applier + self.render()).encode()).hexdigest()
 
 
 def family_inputs(config: Config, facts: HostFacts, family: int) -> tuple[FamilyInputs, list[str]]:
@@ -49,7 +51,7 @@ def plan(config: Config, facts: HostFacts, choice: Choice) -> IptablesPlan:
         inputs, notes = family_inputs(config, facts, family)
         families.append(build_family(config, inputs))
         warnings += notes
-    return IptablesPlan(choice.backend, choice.applier, tuple(families), 6 in choice.families, tuple(warnings))
+    return IptablesPlan(choice.backend or "nft", choice.applier or "", tuple(families), tuple(warnings))
 
 
 def parse_executables(text: str) -> dict[str, str]:
@@ -68,7 +70,6 @@ class InstallRecord:
     applier: str
     rules: dict[str, list[list[str]]] = field(default_factory=dict)  # family -> [table, chain, spec]
     chains: dict[str, list[list[str]]] = field(default_factory=dict)  # family -> [table, chain]
-    ipv6_passthrough_added: bool = False
     # family -> the nf_tables tables and base chains our applies created (nft_scaffold)
     nft_created: dict[str, dict] = field(default_factory=dict)
 
@@ -83,25 +84,27 @@ def _retrying(action, retries: int, pause: float):
             time.sleep(pause)
 
 
-def install_steps(config: Config, the_plan: IptablesPlan, recorded: dict[int, set], record: InstallRecord) -> list[Step]:
-    """Steps that replace any earlier tpctl rules (in either backend) with the plan's.
-    `recorded`: the previous install's rule texts per family (see recorded_lines)."""
+def install_steps(config: Config, the_plan: IptablesPlan, record: InstallRecord) -> list[Step]:
+    """One step per apply unit (a table, or a family's tables at once) of the plan."""
     backend = make_backend(the_plan.backend, config.wait, parse_executables(config.iptables_executables),
                            the_plan.applier)
     steps: list[Step] = []
-    for other, family, owned in owned_everywhere(config.wait, recorded):
-        steps.append(_replace_previous(other, family, owned))
-    if the_plan.ipv6_passthrough:
-        steps.append(_passthrough_step(record))
     for fam_plan in the_plan.families:
         for label, tables in backend.apply_units(fam_plan):
             steps.append(_apply_step(config, backend, fam_plan.family, label, tables, record))
     return steps
 
 
-def available_backends(wait: int) -> list[Backend]:
+def replace_steps(wait: int, recorded: dict[int, set], backends: tuple[str, ...] = ("legacy", "nft")) -> list[Step]:
+    """Steps that remove earlier tpctl rules (in either backend), each undone by restoring them.
+    `recorded`: the previous install's rule texts per family (see recorded_lines)."""
+    return [_replace_previous(other, family, owned) for other, family, owned in owned_everywhere(wait, recorded, backends)]
+
+
+def available_backends(wait: int, names: tuple[str, ...] = ("legacy", "nft")) -> list[Backend]:
+    """The backends whose save tool runs (HostFacts.backends names the available ones)."""
     found = []
-    for name in ("legacy", "nft"):
+    for name in names:
         backend = make_backend(name, wait)
         try:
             backend.tool(4, "save")
@@ -111,9 +114,9 @@ def available_backends(wait: int) -> list[Backend]:
     return found
 
 
-def owned_everywhere(wait: int, recorded: dict[int, set] | None = None):
+def owned_everywhere(wait: int, recorded: dict[int, set] | None = None, names: tuple[str, ...] = ("legacy", "nft")):
     """Yield (backend, family, our objects) wherever tpctl objects exist, in both backends."""
-    for backend in available_backends(wait):
+    for backend in available_backends(wait, names):
         for family in (4, 6):
             try:
                 owned = live.find_owned(live.parse_save(backend.save(family)), (recorded or {}).get(family, set()))
@@ -162,28 +165,18 @@ def _all_lines(tables: dict, names: set[str]) -> set:
     return {(t.name, c, s) for t in tables.values() if t.name in names for c, s in t.rules}
 
 
-def _passthrough_step(record: InstallRecord) -> Step:
-    def do():
-        record.ipv6_passthrough_added = passthrough.add()
-
-    def undo():
-        if record.ipv6_passthrough_added:
-            passthrough.remove()
-            record.ipv6_passthrough_added = False
-
-    return Step("add ::6/128 to lo (IPv6 inbound passthrough source)", do, undo)
-
-
-def recorded_lines(state: dict | None) -> dict[int, set]:
+def recorded_lines(record: dict | None) -> dict[int, set]:
+    """The rule texts an install recorded, per family (its iptables record)."""
     out: dict[int, set] = {4: set(), 6: set()}
-    for family, lines in ((state or {}).get("iptables", {}).get("rules", {}) or {}).items():
+    for family, lines in ((record or {}).get("rules", {}) or {}).items():
         out[int(family)] = {tuple(x) for x in lines}
     return out
 
 
-def uninstall(state: dict | None, wait: int = 5, dry_run: bool = False) -> list[str]:
-    """Remove our rules and chains from every backend and family; return what was removed."""
-    recorded = recorded_lines(state)
+def uninstall(record: dict | None, wait: int = 5, dry_run: bool = False) -> list[str]:
+    """Remove our rules and chains from every backend and family; return what was removed.
+    `record`: the install's iptables record, or None (then tags alone find them)."""
+    recorded = recorded_lines(record)
     report = []
     in_nft: dict[int, live.Owned] = {}  # what a dry run leaves in nf_tables, counted as gone
     for backend, family, owned in owned_everywhere(wait, recorded):
@@ -193,26 +186,20 @@ def uninstall(state: dict | None, wait: int = 5, dry_run: bool = False) -> list[
             backend.restore(family, live.removal_script(owned))
         elif backend.name == "nft":
             in_nft[family] = owned
-    engine_state = (state or {}).get("iptables", {})
-    for family, created in sorted(engine_state.get("nft_created", {}).items()):
+    for family, created in sorted((record or {}).get("nft_created", {}).items()):
         try:
             report += nft_scaffold.remove_if_empty(int(family), created, dry_run, in_nft.get(int(family)))
         except BackendError as err:  # our rules are gone; only empty tables would stay
             report.append(f"kept the empty nf_tables IPv{family} tables install created: {err}")
-    if engine_state.get("ipv6_passthrough_added"):
-        report.append("lo: remove ::6/128")
-        if not dry_run:
-            passthrough.remove()
     return report
 
 
-def drift(state: dict) -> list[str]:
-    """Differences between what install recorded and what the kernel has now."""
-    engine_state = state.get("iptables", {})
-    backend = make_backend(engine_state.get("backend", "nft"), 5)
+def drift(record: dict) -> list[str]:
+    """Differences between what install recorded (its iptables record) and the kernel now."""
+    backend = make_backend(record.get("backend", "nft"), 5)
     problems = []
-    recorded = recorded_lines(state)
-    for family_text, chains in engine_state.get("chains", {}).items():
+    recorded = recorded_lines(record)
+    for family_text, chains in record.get("chains", {}).items():
         family = int(family_text)
         tables = live.parse_save(backend.save(family))
         owned = live.find_owned(tables, recorded[family])

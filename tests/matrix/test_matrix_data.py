@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from engine.choice import MIN_EBPF_KERNEL
+from ebpf.requirements import MIN_KERNEL as MIN_EBPF_KERNEL
 from engine.probe import kernel_version
 from vagrant import box, kernels
 

@@ -46,13 +46,13 @@ def test_ipv6_only_when_the_host_has_it_and_mode_allows():
 
 def test_ebpf_when_every_check_passes():
     checks = [Check("kernel", True, "6.1"), Check("probe", True, "loaded")]
-    choice = choose(config(ebpf_enabled=True), facts(), checks)
+    choice = choose(config(ebpf_enabled=True), facts(), {"ebpf": checks})
     assert choice.engine == "ebpf" and choice.backend is None
 
 
 def test_ebpf_falls_back_to_iptables_naming_each_failed_check():
     checks = [Check("kernel", False, "release 4.15", "upgrade the kernel"), Check("cgroup2", True, "ok")]
-    choice = choose(config(ebpf_enabled=True), facts(), checks)
+    choice = choose(config(ebpf_enabled=True), facts(), {"ebpf": checks})
     assert choice.engine == "iptables"
     assert "kernel: release 4.15" in choice.reasons[0] and "upgrade the kernel" in choice.reasons[0]
 
@@ -60,7 +60,7 @@ def test_ebpf_falls_back_to_iptables_naming_each_failed_check():
 def test_no_fallback_turns_a_failed_check_into_exit_3():
     checks = [Check("kernel", False, "release 2.6.32", "upgrade")]
     with pytest.raises(UnsupportedHost) as err:
-        choose(config(ebpf_enabled=True, no_fallback=True), facts(), checks)
+        choose(config(ebpf_enabled=True, no_fallback=True), facts(), {"ebpf": checks})
     assert err.value.exit_code == 3 and "2.6.32" in str(err.value)
 
 
@@ -72,4 +72,4 @@ def test_old_kernel_and_missing_cgroup2_fail_the_base_checks():
 
 def test_an_optional_check_that_fails_does_not_cause_fallback():
     checks = [Check("kernel", True, "6.1"), Check("prog:getpeername", False, "EINVAL", "kernel >= 5.8", required=False)]
-    assert choose(config(ebpf_enabled=True), facts(), checks).engine == "ebpf"
+    assert choose(config(ebpf_enabled=True), facts(), {"ebpf": checks}).engine == "ebpf"

@@ -1,0 +1,270 @@
+"""The eBPF engine on the redirect-engine contract: Config -> EbpfSettings, checks, plan, apply,
+uninstall, status, leftovers.
+
+Every flag is either honoured by the eBPF programs, has no meaning without netfilter (said
+once, as kumactl does), or cannot be honoured: the last kind fails a check, so the choice
+falls back to iptables (or exits 3 with --no-fallback) instead of ignoring the flag.
+"""
+from __future__ import annotations
+
+import os
+
+from engine.contract import (Check, Choice, Config, EnginePlan, HostFacts, RedirectEngine, Say, Transaction,
+                             default_of, families)
+
+from .requirements import cgroup2_check, kernel_check
+from .settings import DEFAULT_SOURCE_PATH, EbpfSettings
+
+# flag -> why the eBPF engine cannot honour it (a failed check: fall back, never ignore)
+UNSUPPORTED = {
+    "vnet": "--vnet (forwarded traffic of virtual networks) needs netfilter PREROUTING",
+    "iptables_logs": "--iptables-logs writes netfilter LOG rules",
+    "drop_invalid_packets": "--drop-invalid-packets needs conntrack's INVALID state",
+    "store_firewalld": "--store-firewalld stores netfilter rules",
+}
+# flag -> why it changes nothing with eBPF (said, not an error)
+NO_EFFECT = {
+    "skip_dns_conntrack_zone_split": "there is no conntrack zone split with eBPF",
+    "disable_comments": "eBPF objects are tagged by their pins, not comments",
+    "redirect_inbound_insert_instead_of_append": "there is no rule order with eBPF",
+    "redirect_outbound_insert_instead_of_append": "there is no rule order with eBPF",
+}
+
+# EbpfSettings field -> the flag it comes from, so plan errors name what the user typed
+SETTING_FLAGS = {
+    "exclude_outbound_cidrs": "--exclude-outbound-ips", "exclude_inbound_cidrs": "--exclude-inbound-ips",
+    "exclude_outbound_ports": "--exclude-outbound-ports", "exclude_inbound_ports": "--exclude-inbound-ports",
+    "exclude_outbound_ports_for_uids": "--exclude-outbound-ports-for-uids",
+}
+
+
+def tc_interface(config: Config, facts: HostFacts) -> dict | None:
+    """--ebpf-tc-attach-iface, else the first up non-loopback interface with an address."""
+    for iface in facts.interfaces:
+        if config.ebpf_tc_attach_iface:
+            if iface["name"] == config.ebpf_tc_attach_iface:
+                return iface
+        elif iface["up"] and iface["addresses"]:
+            return iface
+    return None
+
+
+def settings_from(config: Config, facts: HostFacts, fams: tuple[int, ...]) -> EbpfSettings:
+    iface = tc_interface(config, facts)
+    instance_ips = (config.ebpf_instance_ip,) if config.ebpf_instance_ip else tuple((iface or {}).get("addresses", ()))
+    uids = []
+    for entry in config.exclude_outbound_ports_for_uids:
+        uid_lo, _, uid_hi = entry.uids.partition("-")
+        for ports in entry.ports.split(","):
+            lo, _, hi = ports.partition(":")
+            for proto in entry.protocols:
+                uids.append((proto, int(lo), int(hi or lo), int(uid_lo), int(uid_hi or uid_lo)))
+    return EbpfSettings(
+        proxy_uid=config.proxy_uid, inbound_port=config.redirect_inbound_port,
+        outbound_port=config.redirect_outbound_port, dns_port=config.redirect_dns_port,
+        redirect_inbound=config.redirect_inbound,
+        redirect_dns="all" if config.capture_all_dns else ("servers" if config.redirect_dns else "off"),
+        dns_servers=facts.dns_servers,
+        exclude_inbound_ports=config.exclude_inbound_ports, exclude_outbound_ports=config.exclude_outbound_ports,
+        exclude_inbound_cidrs=tuple(str(n) for n in config.exclude_inbound_ips),
+        exclude_outbound_cidrs=tuple(str(n) for n in config.exclude_outbound_ips),
+        exclude_outbound_ports_for_uids=tuple(uids), ipv6=6 in fams,
+        instance_ips=tuple(a for a in instance_ips if a),
+        tc_iface=iface["name"] if iface else config.ebpf_tc_attach_iface,
+        cgroup_path=(facts.cgroup2_mount or "") if config.ebpf_cgroup_path == "auto" else config.ebpf_cgroup_path,
+        bpffs_path=config.ebpf_bpffs_path,
+        programs_source_path=config.ebpf_programs_source_path or DEFAULT_SOURCE_PATH,
+        accel=config.ebpf_sk_msg_accel,
+        kernel_release=facts.kernel_release, cgroup2_mount=facts.cgroup2_mount,
+    )
+
+
+class EbpfEngine(RedirectEngine):
+    name = "ebpf"
+    title = "eBPF"
+    selected_by = "--ebpf-enabled"
+
+    def __init__(self) -> None:
+        self._planned: tuple | None = None  # (config, facts, fams, settings, plan or error): plan once
+
+    def requested(self, config: Config) -> str | None:
+        return "--ebpf-enabled" if config.ebpf_enabled else None
+
+    def base_checks(self, config: Config, facts: HostFacts) -> list[Check]:
+        return [kernel_check(facts.kernel_release), cgroup2_check(facts.cgroup2_mount)]
+
+    def _plan_for(self, config: Config, facts: HostFacts, fams: tuple[int, ...]):
+        """The settings and the plan (or the error planning raised) for these inputs, made once."""
+        from .plan import EbpfPlanError, plan
+
+        last = self._planned
+        if last is None or last[0] is not config or last[1] is not facts or last[2] != fams:
+            settings = settings_from(config, facts, fams)
+            try:
+                result: object = plan(settings)
+            except EbpfPlanError as err:
+                result = err
+            self._planned = last = (config, facts, fams, settings, result)
+        return last[3], last[4]
+
+    def checks(self, config: Config, facts: HostFacts) -> list[Check]:
+        """Real feature probes (memoised in the ebpf package) plus what the flags ask for."""
+        try:
+            from .plan import EbpfPlanError
+            from .probe import feature_checks
+        except ImportError as err:
+            return [Check("ebpf package", False, f"cannot import it: {err}", "reinstall tpctl (make setup)")]
+        result: list[Check] = []
+        for flag, why in UNSUPPORTED.items():
+            if getattr(config, flag):
+                result.append(Check(f"--{flag.replace('_', '-')}", False, f"{why}; the eBPF engine cannot honour it",
+                                    "drop the flag, or use the iptables engine"))
+        if not config.redirect_outbound:
+            result.append(Check("redirect.outbound.enabled", False, "disabling outbound redirection is iptables-only",
+                                "use the iptables engine"))
+        if tc_interface(config, facts) is None and config.redirect_inbound:
+            name = config.ebpf_tc_attach_iface
+            result.append(Check("tc interface", False,
+                                f"interface {name} not found" if name else "no up non-loopback interface with an address",
+                                "give --ebpf-tc-attach-iface IFACE"))
+        if config.ebpf_cgroup_path != "auto" and not os.path.isdir(config.ebpf_cgroup_path):
+            result.append(Check("cgroup path", False, f"--ebpf-cgroup-path {config.ebpf_cgroup_path} does not exist",
+                                "give an existing cgroup2 directory"))
+            return result
+        settings, planned = self._plan_for(config, facts, families(config, facts)[0])
+        if isinstance(planned, EbpfPlanError):  # lists longer than the maps hold: use iptables, not a crash
+            name, _, detail = str(planned).partition(": ")
+            flag = SETTING_FLAGS.get(name)
+            result.append(Check("eBPF maps", False, f"{flag}: {detail}" if flag else str(planned),
+                                "shorten the list, or use the iptables engine"))
+        if config.ebpf_programs_source_path and not os.path.isdir(config.ebpf_programs_source_path):
+            result.append(Check("programs source", False, f"{config.ebpf_programs_source_path} is not a directory",
+                                "point --ebpf-programs-source-path at a bpf_src directory"))
+        return result + list(feature_checks(settings))
+
+    def plan(self, config: Config, facts: HostFacts, choice: Choice) -> EnginePlan:
+        from .errors import EbpfError
+
+        _settings, planned = self._plan_for(config, facts, choice.families)
+        if isinstance(planned, EbpfError):
+            raise planned
+        assert isinstance(planned, EnginePlan)
+        return planned
+
+    def notes(self, config: Config, facts: HostFacts, choice: Choice) -> list[str]:
+        return [f"# [NOTE] --{flag.replace('_', '-')} has no effect: {why}"
+                for flag, why in NO_EFFECT.items() if getattr(config, flag)]
+
+    def remove_previous(self, tx: Transaction, config: Config, record: dict | None) -> None:
+        """An earlier eBPF install (recorded, or pinned under this bpffs) is removed first; its
+        programs cannot be put back, so this step has no undo (a failure later leaves no eBPF)."""
+        path = (record or {}).get("bpffs_path") or config.ebpf_bpffs_path
+        if record or os.path.isdir(os.path.join(path, "tpctl")):
+            tx.step("remove the previous eBPF install", lambda: self.uninstall(record, {"ebpf_bpffs_path": path},
+                                                                               False, lambda _line: None))
+
+    def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None) -> dict:
+        from . import engine as ebpf_engine
+
+        return ebpf_engine.apply(plan, tx)  # type: ignore[arg-type]
+
+    def installed_line(self, plan: EnginePlan, record: dict) -> str:
+        s = plan.settings  # type: ignore[attr-defined]
+        skipped = ", ".join(x["program"] for x in record.get("skipped", []))
+        return (f"tpctl: installed the eBPF engine ({len(record['prog_ids'])} programs, cgroup {s.cgroup_path}, "
+                f"tc on {s.tc_iface})" + (f"; optional programs not loaded: {skipped}" if skipped else ""))
+
+    def _bpffs(self, record: dict | None, options: dict) -> str:
+        return (record or {}).get("bpffs_path") or options.get("ebpf_bpffs_path") or default_of("ebpf_bpffs_path")
+
+    def uninstall(self, record: dict | None, options: dict, dry_run: bool, say: Say) -> list[str]:
+        bpffs_path = self._bpffs(record, options)
+        pin_dir = os.path.join(bpffs_path, "tpctl")
+        if not record and not os.path.isdir(pin_dir):
+            return []
+        if dry_run:
+            return [f"{pin_dir}/{name} (and its attachments)" for name in sorted(os.listdir(pin_dir))] \
+                if os.path.isdir(pin_dir) else [f"eBPF objects recorded in state under {pin_dir}"]
+        from . import engine as ebpf_engine
+
+        cgroup_path = ((record or {}).get("attachments") or [{}])[0].get("cgroup_path")
+        return ebpf_engine.uninstall(bpffs_path, record, cgroup_path, warn=say)
+
+    def status(self, record: dict) -> tuple[dict, list[str], list[str]]:
+        """The kernel's view of what is installed, and how it differs from the record."""
+        from . import engine as ebpf_engine
+
+        live = ebpf_engine.status(record.get("bpffs_path", ""))
+        drift = []
+        for name, prog_id in record.get("prog_ids", {}).items():
+            program = live.get("programs", {}).get(name)
+            if program is None:
+                drift.append(f"program {name} (id {prog_id}) is no longer pinned")
+            elif program["id"] != prog_id:
+                drift.append(f"program {name} is id {program['id']}, recorded id {prog_id}")
+            elif program["attached"] is False:
+                drift.append(f"program {name} (id {prog_id}) is not attached")
+        programs = {n: ("attached" if p["attached"] else "not attached" if p["attached"] is False else "loaded")
+                    for n, p in live.get("programs", {}).items()}
+        summary = {"pin_dir": live.get("pin_dir"), "cgroup": live.get("cgroup_path"), "programs": programs,
+                   "settings": _non_empty(live.get("maps", {}))}
+        return summary, _status_lines(record, live, programs), drift
+
+    def leftovers(self, options: dict) -> list[str]:
+        from . import engine as ebpf_engine
+
+        bpffs_path = self._bpffs(None, options)
+        live = ebpf_engine.status(bpffs_path)
+        found = [f"pin {live['pin_dir']}/{name}" for name in live.get("pins", [])]
+        found += [f"eBPF program {name} (id {p['id']}) attached to {live.get('cgroup_path') or p['hook']}"
+                  for name, p in live.get("programs", {}).items() if p["attached"]]
+        return found
+
+
+def _status_lines(record: dict, live: dict, programs: dict) -> list[str]:
+    """What a person reads: where the programs hang, what they redirect, what they exclude."""
+    by_state: dict[str, list[str]] = {}
+    for name, state in programs.items():
+        by_state.setdefault(state, []).append(name)
+    lines = [f"pins: {live.get('pin_dir')} ({len(live.get('pins', []))} objects)"]
+    tc = record.get("tc") or {}
+    cgroup_names = [n for n in by_state.get("attached", []) if not n.startswith("tp_tc_")]
+    tc_names = [n for n in by_state.get("attached", []) if n.startswith("tp_tc_")]
+    if cgroup_names:
+        lines.append(f"cgroup {live.get('cgroup_path')}: {len(cgroup_names)} programs attached "
+                     f"({', '.join(sorted(cgroup_names))})")
+    if tc_names:
+        lines.append(f"tc on {tc.get('iface', '?')}: {', '.join(sorted(tc_names))}")
+    for state in ("loaded", "not attached"):
+        if by_state.get(state):
+            lines.append(f"{state}: {', '.join(sorted(by_state[state]))}")
+    for skipped in record.get("skipped", []):
+        lines.append(f"not loaded (optional): {skipped['program']}: {skipped['reason']}")
+    settings = (live.get("maps", {}).get("tp_settings") or {}).get(0) or {}
+    if settings:
+        dns = {1: "to the name servers", 2: "all"}.get(settings.get("redirect_dns"))
+        lines.append(f"redirects: outbound to :{settings.get('outbound_port')}, inbound "
+                     + (f"to :{settings.get('inbound_port')}" if settings.get("redirect_inbound") else "off")
+                     + (f", DNS ({dns}) to :{settings.get('dns_port')}" if dns else ", DNS not redirected")
+                     + f"; proxy uid {settings.get('proxy_uid')} "
+                     f"excluded; IPv6 {'on' if settings.get('ipv6') else 'off'}; sk_msg acceleration "
+                     f"{'on' if settings.get('accel') else 'off'}")
+    maps = live.get("maps", {})
+    for title, names in (("excluded outbound ports", ("tp_excl_out_ports",)),
+                         ("excluded inbound ports", ("tp_excl_in_ports",)),
+                         ("excluded outbound networks", ("tp_excl_out_v4", "tp_excl_out_v6")),
+                         ("excluded inbound networks", ("tp_excl_in_v4", "tp_excl_in_v6"))):
+        keys = [str(k) for n in names for k in (maps.get(n) or {})]
+        if keys:
+            lines.append(f"{title}: {', '.join(sorted(keys))}")
+    return lines
+
+
+def _non_empty(maps: dict) -> dict:
+    """Map contents without empty maps and all-zero array slots (unused uid-range rows)."""
+    out = {}
+    for name, entries in maps.items():
+        kept = {k: v for k, v in entries.items() if not (isinstance(v, dict) and not any(v.values()))}
+        if kept:
+            out[name] = kept
+    return out

@@ -1,0 +1,160 @@
+"""The redirect-engine contract: what every engine implements and what the pipeline gives it.
+
+An engine is one package with one class implementing RedirectEngine, and one line in
+engine/registry.py. The pipeline (engine/apply.py, engine/lifecycle.py) knows engines only
+through this interface; engine packages import from the pipeline only this module (and the
+data types it re-exports), never apply, lifecycle, cli or another engine.
+
+The life of an install, as the pipeline drives it:
+  probe HostFacts once -> for each engine the config requests, in registry order: checks ->
+  the first whose required checks pass is chosen (engine.choose adds its own choices, e.g. the
+  iptables backend) -> engine.plan once -> --dry-run prints plan.render(), or, under the state
+  lock, in one transaction: every engine's remove_previous, the ::6 passthrough, engine.apply,
+  the state record.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from engine.config import Config, defaults
+from engine.probe import HostFacts, kernel_version, mounts_of_type
+from engine.transaction import InjectedFault, Step, Transaction, transaction
+
+Say = Callable[[str], None]
+
+__all__ = ["Check", "Choice", "Config", "EnginePlan", "HostFacts", "InjectedFault", "RedirectEngine",
+           "Say", "Step", "Transaction", "default_of", "families", "kernel_version", "mounts_of_type", "transaction"]
+
+
+def default_of(field_name: str):
+    """A flag's default (e.g. where uninstall looks for pins when nothing recorded it)."""
+    return defaults()[field_name]
+
+
+def families(config: Config, facts: HostFacts) -> tuple[tuple[int, ...], str]:
+    """The IP families an install covers, and why."""
+    if config.ip_family_mode == "ipv4":
+        return (4,), "--ip-family-mode ipv4"
+    if facts.has_ipv6:
+        return (4, 6), "dualstack: the host has IPv6 addresses"
+    return (4,), "dualstack, but the host has no non-loopback IPv6 address: IPv6 skipped"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One precondition of an engine and its result; `required=False` ones may fail without fallback."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        return f"[{mark}] {self.name}: {self.detail}" + ("" if self.ok or not self.fix else f" (fix: {self.fix})")
+
+
+@dataclass(frozen=True)
+class Choice:
+    engine: str  # a registry name
+    backend: str | None  # where the chosen engine writes, when it has a choice (iptables: legacy | nft)
+    families: tuple[int, ...]  # 4 and/or 6
+    reasons: tuple[str, ...]
+    checks: tuple[Check, ...] = field(default_factory=tuple)
+    applier: str | None = None  # how the backend writes, when the engine has a choice
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class EnginePlan(abc.ABC):
+    """What an engine will make: pure data, rendered for --dry-run."""
+
+    warnings: tuple[str, ...] = ()  # said before the install ("# [WARNING] ...")
+
+    @abc.abstractmethod
+    def render(self) -> str: ...
+
+    def digest(self) -> str:
+        """Same digest, same install: a repeated install with an unchanged plan changes nothing."""
+        return hashlib.sha256(self.render().encode()).hexdigest()
+
+
+class RedirectEngine(abc.ABC):
+    """One way to redirect: its checks, plan, install steps, uninstall, status and leftovers.
+
+    Records are the engine's own JSON-able dicts, stored in State under the engine's name."""
+
+    name: str  # the registry name, in State and in --json output
+    title: str  # for people: "eBPF", "iptables"
+    selected_by: str = ""  # the flag that requests it ("--ebpf-enabled"); the default has none
+
+    # choice
+    @abc.abstractmethod
+    def requested(self, config: Config) -> str | None:
+        """Why the config asks for this engine ("--ebpf-enabled"), None when it does not. The
+        registry's last engine is the default and always answers."""
+
+    def base_checks(self, config: Config, facts: HostFacts) -> list[Check]:
+        """Checks from HostFacts alone (pure): what a choice without probing can know."""
+        return []
+
+    def checks(self, config: Config, facts: HostFacts) -> list[Check]:
+        """Every check, probing the kernel where the engine needs it (memoised by the engine)."""
+        return self.base_checks(config, facts)
+
+    def choose(self, config: Config, facts: HostFacts) -> tuple[dict, list[str]]:
+        """The engine's own choices (Choice fields such as backend, applier) and why. May raise
+        UnsupportedHost naming the flag and its fix."""
+        return {}, []
+
+    def facts_for(self, config: Config, facts: HostFacts, choice: Choice) -> HostFacts:
+        """Facts only this engine's choice needs and pays for (e.g. a self-test); default none."""
+        return facts
+
+    def chosen_reason(self, requested: str) -> str:
+        return f"{requested} and every {self.title} check passed"
+
+    def fallback_reason(self, requested: str, failed: list[Check], to: "RedirectEngine") -> str:
+        return (f"{requested}, but {self.title} checks failed; falling back to {to.title}: "
+                + "; ".join(c.line() for c in failed))
+
+    # install
+    @abc.abstractmethod
+    def plan(self, config: Config, facts: HostFacts, choice: Choice) -> EnginePlan: ...
+
+    def notes(self, config: Config, facts: HostFacts, choice: Choice) -> list[str]:
+        """Lines said before installing (flags without effect, where rules will be visible)."""
+        return []
+
+    @abc.abstractmethod
+    def remove_previous(self, tx: Transaction, config: Config, record: dict | None) -> None:
+        """Add the steps that remove this engine's objects of an earlier install (its record,
+        or None: then what its tags and pins show) to the install's transaction."""
+
+    @abc.abstractmethod
+    def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None) -> dict:
+        """Make the plan real as steps of tx; return the record. `previous` is this engine's
+        record of the install being replaced (what it owned and the new install keeps)."""
+
+    @abc.abstractmethod
+    def installed_line(self, plan: EnginePlan, record: dict) -> str:
+        """The one line said after a successful install."""
+
+    # uninstall and status
+    @abc.abstractmethod
+    def uninstall(self, record: dict | None, options: dict, dry_run: bool, say: Say) -> list[str]:
+        """Remove this engine's objects: the record's, and always what tags and pins show.
+        `options`: uninstall's flags (e.g. ebpf_bpffs_path). Returns what was (would be) removed."""
+
+    @abc.abstractmethod
+    def status(self, record: dict) -> tuple[dict, list[str], list[str]]:
+        """(summary for --json, lines for people, drift) from the kernel's view of the record."""
+
+    @abc.abstractmethod
+    def leftovers(self, options: dict) -> list[str]:
+        """This engine's objects present without a state file (tagged rules, pins, attachments)."""

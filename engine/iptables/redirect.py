@@ -1,0 +1,102 @@
+"""The iptables engine on the redirect-engine contract: kumactl's rules through either backend."""
+from __future__ import annotations
+
+import dataclasses
+
+from engine import firewalld
+from engine.contract import Check, Choice, Config, EnginePlan, HostFacts, RedirectEngine, Say, Step, Transaction
+from engine.iptables import engine as iptables, selection
+from engine.iptables.engine import InstallRecord, IptablesPlan
+
+
+class IptablesEngine(RedirectEngine):
+    name = "iptables"
+    title = "iptables"
+
+    def requested(self, config: Config) -> str | None:
+        return "the default"  # the registry's last engine: the default and every fallback
+
+    def choose(self, config: Config, facts: HostFacts) -> tuple[dict, list[str]]:
+        return selection.choose(config, facts)
+
+    def facts_for(self, config: Config, facts: HostFacts, choice: Choice) -> HostFacts:
+        """python-iptables' self-test costs two interpreter start-ups: only the legacy backend pays."""
+        if choice.backend != "legacy" or facts.python_iptables_problem is not None:
+            return facts
+        from engine.iptables.legacy_selftest import python_iptables_problem
+
+        return dataclasses.replace(facts, python_iptables_problem=python_iptables_problem() or "")
+
+    def plan(self, config: Config, facts: HostFacts, choice: Choice) -> IptablesPlan:
+        return iptables.plan(config, facts, choice)
+
+    def notes(self, config: Config, facts: HostFacts, choice: Choice) -> list[str]:
+        """Never leave rules where the user's `iptables` does not look without saying so."""
+        shown = "nft" if facts.iptables_default == "nf_tables" else "legacy"
+        if facts.iptables_default and choice.backend != shown:
+            return [f"# [NOTE] rules go to the {choice.backend} tables, but `iptables` on this host is "
+                    f"{facts.iptables_default}: see them with iptables-{choice.backend}-save"]
+        return []
+
+    def remove_previous(self, tx: Transaction, config: Config, record: dict | None) -> None:
+        tx.run(iptables.replace_steps(config.wait, iptables.recorded_lines(record)))
+
+    def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None) -> dict:
+        assert isinstance(plan, IptablesPlan)
+        record = InstallRecord(plan.backend, plan.applier)
+        # a replaced install's nf_tables scaffold stays ours to remove once empty
+        record.nft_created = dict((previous or {}).get("nft_created", {}))
+        tx.run(iptables.install_steps(config, plan, record))
+        if config.store_firewalld:
+            tx.run([_firewalld_step(plan)])
+        return {"backend": record.backend, "applier": record.applier, "rules": record.rules, "chains": record.chains,
+                "nft_created": record.nft_created, "firewalld": config.store_firewalld}
+
+    def installed_line(self, plan: EnginePlan, record: dict) -> str:
+        assert isinstance(plan, IptablesPlan)
+        return (f"tpctl: installed the iptables engine ({plan.backend} backend through {plan.applier}, "
+                f"{', '.join(f.label for f in plan.families)})")
+
+    def uninstall(self, record: dict | None, options: dict, dry_run: bool, say: Say) -> list[str]:
+        removed = iptables.uninstall(record, dry_run=dry_run)
+        if (record or {}).get("firewalld") or record is None:
+            path = None if dry_run else firewalld.remove_ours()
+            if path:
+                removed.append(f"{path}: tpctl entries")
+        return removed
+
+    def status(self, record: dict) -> tuple[dict, list[str], list[str]]:
+        summary = {
+            "backend": record["backend"],
+            "applier": record.get("applier", selection.PYTHON_IPTABLES if record["backend"] == "legacy"
+                                  else selection.NFT_RESTORE),
+            "families": sorted(record["chains"]),
+            "rules": {fam: len(lines) for fam, lines in record["rules"].items()},
+            "chains": record["chains"],
+        }
+        lines = [f"backend: {summary['backend']} tables, written through {summary['applier']} "
+                 f"(see them with iptables-{summary['backend']}-save)"]
+        for family in summary["families"]:
+            chains = sorted({c for _t, c in record["chains"][family]})
+            lines.append(f"IPv{family}: {summary['rules'].get(family, 0)} rules in {len(chains)} chains "
+                         f"({', '.join(chains)})")
+        if record.get("firewalld"):
+            lines.append(f"firewalld: rules stored in {firewalld.direct_path()}")
+        return summary, lines, iptables.drift(record)
+
+    def leftovers(self, options: dict) -> list[str]:
+        return [f"{backend.name} IPv{family} chain {c}"
+                for backend, family, owned in iptables.owned_everywhere(5) for _t, c, _r in owned.chains]
+
+
+def _firewalld_step(plan: IptablesPlan) -> Step:
+    saved: dict = {}
+
+    def do():
+        saved["path"], saved["previous"] = firewalld.write(plan.families)
+
+    return Step("store rules in firewalld's direct.xml", do,
+                lambda: firewalld.restore(saved["path"], saved["previous"]))
+
+
+__all__ = ["IptablesEngine", "Check"]
