@@ -1,6 +1,6 @@
 """Benchmarks: both redirect engines side by side against the no-redirect baselines (issue 4).
 
-`python -m bench` builds a throwaway sandbox (engine.sandbox), starts nginx and `iperf3 -s` in
+`python -m bench` builds a throwaway sandbox (sandbox/netns.py), starts nginx and `iperf3 -s` in
 the server namespace and HAProxy as the unmodified sidecar in the app namespace, and measures,
 interleaved round by round, each case: direct, explicit, iptables-nft, iptables-legacy, ebpf,
 ebpf-noaccel. Then the exclusion-scale sweep and the control path (install/uninstall cost).

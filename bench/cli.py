@@ -14,7 +14,7 @@ from bench import cases as cases_module
 from bench import parse, plot, procs, report, runner
 from bench.measure import MeasureError, RoutingError
 from bench.stack import StackError
-from engine.sandbox.netns import SandboxError
+from sandbox.netns import SandboxError
 
 FAILURES = (RoutingError, MeasureError, StackError, SandboxError, procs.ChildTimeout, parse.ParseError,
             OSError, subprocess.SubprocessError)

@@ -21,7 +21,7 @@ from typing import Callable
 from bench import parse, procs
 from bench.cases import Case
 from bench.stack import Stack
-from engine.sandbox.netns import SRV_V4
+from sandbox.netns import SRV_V4
 
 WRK_CONNECTIONS_NEW = 16   # concurrent clients in the new-connection run
 MAX_ERROR_SHARE = 0.01     # socket errors + non-2xx tolerated, as a share of requests

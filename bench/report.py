@@ -198,7 +198,7 @@ def render(raw: dict) -> str:
 
 
 METHOD = """\
-- Topology (`engine/sandbox`): server namespace 198.18.0.2 with nginx (one worker, 65-byte body)
+- Topology (`sandbox/`): server namespace 198.18.0.2 with nginx (one worker, 65-byte body)
   on :80 and `iperf3 -s` on :5201; app namespace 198.18.0.1 with HAProxy 2.6 as the unmodified
   sidecar (uid 5678, `nbthread 1`, `server original 0.0.0.0` on :15001 forwards to
   SO_ORIGINAL_DST) and the clients, inside the sandbox cgroup where the eBPF engine attaches.

@@ -12,7 +12,7 @@ from bench import configs, control, machine, procs, scale
 from bench.cases import Case, engines_of
 from bench.measure import Measurer, RoutingError
 from bench.stack import Stack
-from engine.sandbox.netns import Sandbox
+from sandbox.netns import Sandbox
 
 ACCEL_FLAG = "--ebpf-sk-msg-accel=true"  # off by default
 

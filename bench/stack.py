@@ -1,4 +1,4 @@
-"""The measured system inside an engine.sandbox Sandbox.
+"""The measured system inside a sandbox.netns Sandbox.
 
   srv namespace (198.18.0.2): nginx (one worker) on :80, iperf3 -s on :5201
   app namespace (198.18.0.1): HAProxy as the sidecar, uid 5678, one thread, on :15001
@@ -15,7 +15,7 @@ import socket
 import sys
 
 from bench import configs, machine, parse, procs
-from engine.sandbox.netns import PROXY_UID, SRV_V4, Sandbox
+from sandbox.netns import PROXY_UID, SRV_V4, Sandbox
 
 # Per-namespace sysctls (never the host's): TIME_WAIT reuse for every outgoing connection,
 # not only loopback ones (the kernel default 2), so that the client's port range does not run

@@ -15,7 +15,7 @@ def pytest_sessionstart(session):
     with the fix, when that user cannot (a clone under /root), not as a port timeout per test."""
     if os.geteuid() != 0:
         return
-    from engine.sandbox.netns import PROXY_UID, SandboxError, check_runs_as
+    from sandbox.netns import PROXY_UID, SandboxError, check_runs_as
     try:
         check_runs_as(PROXY_UID)
     except SandboxError as err:

@@ -149,8 +149,8 @@ def run_tests(job: dict, out: str) -> dict:
     # TPCTL_TIMEOUT_SCALE comes with os.environ: main() sets it for every step of the guest
     env = dict(os.environ, TPCTL_NO_SKIP="1", PYTHONDONTWRITEBYTECODE="1", HOME="/tmp", TMPDIR="/tmp")
     # the first read of every module comes over 9p; do it once before the first scene's clock runs
-    sh([sys.executable, "-c", "import bcc, pytest, engine.cli, engine.apply, engine.sandbox.peers, "
-        "engine.sandbox.sidecar, ebpf.engine"], timeout=600, env=env, cwd=REPO)
+    sh([sys.executable, "-c", "import bcc, pytest, engine.cli, engine.apply, sandbox.peers, "
+        "sandbox.sidecar, ebpf.engine"], timeout=600, env=env, cwd=REPO)
     started = time.monotonic()
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
             "-v", "-ra", "--durations=0", f"--junitxml={junit}", *job["tests"]]

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from engine.sandbox.netns import PROXY_UID, SandboxError, check_runs_as
+from sandbox.netns import PROXY_UID, SandboxError, check_runs_as
 from vagrant import boot, kernels, table
 from vagrant.kernels import CACHE, HERE, MatrixError
 

@@ -9,7 +9,7 @@ import pytest
 from bench import configs
 from engine import config as config_module
 from engine import values as v
-from engine.sandbox.netns import APP_V4, SRV_V4
+from sandbox.netns import APP_V4, SRV_V4
 
 
 @pytest.mark.parametrize("count", [0, 10, 10000])

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from engine.sandbox.netns import as_uid, base_python
+from sandbox.netns import as_uid, base_python
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)

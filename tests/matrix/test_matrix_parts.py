@@ -237,7 +237,7 @@ def timeouts_seen(monkeypatch):
 
 
 def test_timeout_scale_stretches_the_sandbox_bounds(timeouts_seen):
-    from engine.sandbox import netns
+    from sandbox import netns
 
     sandbox = netns.Sandbox.__new__(netns.Sandbox)
     sandbox.cgroup, sandbox.app = None, "app"

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from engine.sandbox.netns import Sandbox
-from engine.sandbox.scenario import Scenario
+from sandbox.netns import Sandbox
+from sandbox.scenario import Scenario
 
 ENGINES = {
     "iptables-nft": ["--iptables-backend", "nft"],

@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from engine.sandbox.netns import SRV_V4
-from engine.sandbox.scenario import PEERS
+from sandbox.netns import SRV_V4
+from sandbox.scenario import PEERS
 from ebpf.probe import bcc_compiles_accel, bcc_version
 from tests.netns.conftest import install, install_args
 

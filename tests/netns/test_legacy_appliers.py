@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from engine.iptables.legacy_selftest import python_iptables_problem
-from engine.sandbox.netns import SRV_V4
+from sandbox.netns import SRV_V4
 from tests.netns.conftest import install, install_args, snapshot
 
 

@@ -12,11 +12,11 @@ import tempfile
 
 import pytest
 
-from engine.sandbox import demo
+from sandbox import demo
+from sandbox.netns import PROXY_UID, SandboxError, check_runs_as
 from tests import conftest
 from vagrant import matrix
 from vagrant.kernels import MatrixError
-from engine.sandbox.netns import PROXY_UID, SandboxError, check_runs_as
 
 @pytest.fixture
 def closed_python():
@@ -57,7 +57,7 @@ def test_the_demo_runs_from_a_checkout_and_venv_only_root_may_enter(closed_pytho
     python = os.path.join(closed, "venv", "bin", "python")
     os.symlink(os.path.realpath(sys.executable), python)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([copy, *site.getsitepackages(), sysconfig.get_paths()["purelib"]]))
-    where = subprocess.run([python, "-c", "import engine.sandbox.netns as m; print(m.__file__)"], env=env,
+    where = subprocess.run([python, "-c", "import sandbox.netns as m; print(m.__file__)"], env=env,
                            capture_output=True, text=True, timeout=60, cwd="/")
     assert where.stdout.startswith(copy), where  # the demo below runs the closed copy
     result = subprocess.run([python, "-m", "engine.cli", "demo", "--engine", "iptables"], env=env, cwd="/",
@@ -74,7 +74,7 @@ def test_a_closed_directory_is_named_with_its_fix(closed_python):
 
 def test_the_demo_says_so_and_exits_2_leaving_nothing(closed_python, monkeypatch):
     python, closed = closed_python
-    monkeypatch.setattr("engine.sandbox.scenario.check_runs_as", lambda uid: check_runs_as(uid, python))
+    monkeypatch.setattr("sandbox.scenario.check_runs_as", lambda uid: check_runs_as(uid, python))
     before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     said: list[str] = []
     handler = signal.getsignal(signal.SIGTERM)
@@ -88,7 +88,7 @@ def test_the_demo_says_so_and_exits_2_leaving_nothing(closed_python, monkeypatch
 
 def test_pytest_stops_at_once_with_the_fix(closed_python, monkeypatch):
     python, closed = closed_python
-    monkeypatch.setattr("engine.sandbox.netns.check_runs_as", lambda uid: check_runs_as(uid, python))
+    monkeypatch.setattr("sandbox.netns.check_runs_as", lambda uid: check_runs_as(uid, python))
     with pytest.raises(pytest.exit.Exception, match=rf"chmod o\+x {closed}") as stopped:
         conftest.pytest_sessionstart(None)
     assert stopped.value.returncode == 2

@@ -6,9 +6,9 @@ import os
 import subprocess
 import time
 
-from engine.sandbox.netns import APP_V4, APP_V6, SRV_V4, SRV_V6
-from engine.sandbox.sidecar import DNS_MARKER_V4
-from engine.sandbox.scenario import REAL_DNS_ANSWER
+from sandbox.netns import APP_V4, APP_V6, SRV_V4, SRV_V6
+from sandbox.sidecar import DNS_MARKER_V4
+from sandbox.scenario import REAL_DNS_ANSWER
 from tests.netns.conftest import install
 
 
@@ -115,7 +115,7 @@ def test_the_proxy_reaching_its_own_instance_ip_goes_to_the_inbound_port(scene, 
 def test_a_client_gone_before_a_busy_proxy_accepts_still_has_its_original_destination(sandbox, engine):
     """The proxy may accept after the app has sent and closed (a busy proxy, a short request):
     SO_ORIGINAL_DST must still answer, as conntrack does for iptables."""
-    from engine.sandbox.scenario import Scenario
+    from sandbox.scenario import Scenario
 
     slow = Scenario(sandbox, sidecar_args=("--accept-delay", "1.5")).start()
     install(sandbox, engine)

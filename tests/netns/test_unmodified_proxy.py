@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from engine.sandbox.netns import SRV_V4
-from engine.sandbox.scenario import PEERS
+from sandbox.netns import SRV_V4
+from sandbox.scenario import PEERS
 from tests.netns.conftest import install
 
 CONFIG = """global

@@ -39,7 +39,7 @@ def installed(tmp_path_factory):
 
 
 def test_the_installed_package_carries_bpf_src_and_the_sandbox(installed):
-    code = ("import ebpf.settings as s, engine.sandbox.sidecar as c, os; "
+    code = ("import ebpf.settings as s, sandbox.sidecar as c, os; "
             "print(s.DEFAULT_SOURCE_PATH); print(c.__file__); print(sorted(os.listdir(s.DEFAULT_SOURCE_PATH)))")
     out = subprocess.run([str(installed / "bin" / "python"), "-c", code], capture_output=True, text=True,
                          check=True, cwd="/", timeout=60).stdout.splitlines()
