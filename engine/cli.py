@@ -10,7 +10,7 @@ from click.core import ParameterSource
 
 from engine import config as config_module
 from engine import state
-from engine.errors import ConfigError, DriftFound
+from engine.errors import ConfigError, DriftFound, Interrupted
 from engine.options import INSTALL_OPTIONS, OptionSpec
 
 
@@ -86,9 +86,16 @@ def install(ctx, config_files, state_dir, **params):
     from engine import apply
 
     _need_root("install")
+    from engine.transaction import Terminated
+
     files = [p.strip() for item in config_files for p in item.split(",") if p.strip()]
     config = config_module.build(explicit_values(ctx, params), files)
-    apply.install(config, state.state_dir(state_dir), _say, _show)
+    try:
+        apply.install(config, state.state_dir(state_dir), _say, _show)
+    except (KeyboardInterrupt, Terminated) as err:  # the transaction rolled back before this
+        signame, code = ("SIGTERM", 143) if isinstance(err, Terminated) else ("SIGINT", 130)
+        raise Interrupted(f"interrupted by {signame}: what this install had done was rolled back; "
+                          "the host is as before", code) from None
 
 
 @main.command()

@@ -34,3 +34,11 @@ class DriftFound(TpctlError):
     """status found the installed objects differ from what was recorded."""
 
     exit_code = 5
+
+
+class Interrupted(TpctlError):
+    """SIGINT or SIGTERM during install: everything it had done was rolled back."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

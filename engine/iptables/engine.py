@@ -147,8 +147,9 @@ def _apply_step(config: Config, backend: Backend, family: int, label: str, table
         record.rules.setdefault(str(family), []).extend([t, c, s] for t, c, s in sorted(added))
         record.chains.setdefault(str(family), []).extend([t, c] for t, c in sorted(ours))
         if backend.name == "nft":
-            record.nft_created[str(family)] = nft_scaffold.merge(
-                record.nft_created.get(str(family)), nft_scaffold.created(before_text, after_text, ours))
+            before["created"] = nft_scaffold.created(before_text, after_text, ours)
+            record.nft_created[str(family)] = nft_scaffold.merge(record.nft_created.get(str(family)),
+                                                                 before["created"])
 
     def undo():
         planned = {(t.name, r.chain, r.spec()) for t in tables for r in t.rules}
@@ -156,7 +157,9 @@ def _apply_step(config: Config, backend: Backend, family: int, label: str, table
         owned = live.find_owned(live.parse_save(backend.save(family)), recorded, only_tables=names)
         backend.restore(family, live.removal_script(owned))
         if backend.name == "nft":
-            nft_scaffold.remove_if_empty(family, record.nft_created.pop(str(family), None))
+            # only what this step created: tables a replaced install created stay for its rules,
+            # which the undo of the replacing step puts back next
+            nft_scaffold.remove_if_empty(family, before.get("created"))
 
     return Step(label, do, undo)
 

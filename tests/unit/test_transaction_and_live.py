@@ -79,3 +79,35 @@ def test_removal_and_restore_scripts_are_inverse():
 
 def test_normalize_drops_counters_and_headers():
     assert live.normalize_save(SAVED).splitlines()[1] == ":PREROUTING ACCEPT"
+
+
+@pytest.mark.parametrize("signame, raised", [("SIGINT", KeyboardInterrupt), ("SIGTERM", transaction.Terminated)])
+def test_a_signal_inside_a_step_waits_for_its_undo_then_rolls_everything_back(signame, raised):
+    """The signal arrives after the step's work and before its undo is recorded (the moment a
+    naive transaction leaks the object): it is held until the undo is recorded."""
+    import os
+    import signal
+
+    events = []
+
+    def made_then_signalled():
+        events.append("made b")
+        os.kill(os.getpid(), getattr(signal, signame))
+        events.append("b returns")  # the step finishes: the signal was held
+
+    steps = [Step("a", lambda: events.append("made a"), lambda: events.append("undo a")),
+             Step("b", made_then_signalled, lambda: events.append("undo b")),
+             Step("c", lambda: events.append("made c"), lambda: events.append("undo c"))]
+    with pytest.raises(raised):
+        transaction.run(steps)
+    assert events == ["made a", "made b", "b returns", "undo b", "undo a"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+
+
+def test_the_signal_hook_names_a_step_and_a_signal(monkeypatch):
+    monkeypatch.setenv(transaction.SIGNAL_ENV, "b:TERM")
+    events = []
+    with pytest.raises(transaction.Terminated):
+        transaction.run([Step("a", lambda: events.append("a"), lambda: events.append("undo a")),
+                         Step("b", lambda: events.append("b"), lambda: events.append("undo b"))])
+    assert events == ["a", "b", "undo b", "undo a"]
