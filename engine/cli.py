@@ -84,12 +84,11 @@ def main():
 def install(ctx, config_files, state_dir, **params):
     """Redirect traffic through the sidecar (mirrors `kumactl install transparent-proxy`)."""
     from engine import apply
-
-    _need_root("install")
     from engine.transaction import Terminated
 
     files = [p.strip() for item in config_files for p in item.split(",") if p.strip()]
-    config = config_module.build(explicit_values(ctx, params), files)
+    config = config_module.build(explicit_values(ctx, params), files)  # bad input first: exit 2 naming it
+    _need_root("install")
     try:
         apply.install(config, state.state_dir(state_dir), _say, _show)
     except (KeyboardInterrupt, Terminated) as err:  # the transaction rolled back before this

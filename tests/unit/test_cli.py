@@ -60,3 +60,21 @@ def test_sk_msg_accel_switch_needs_the_ebpf_engine():
     assert result.exit_code == 2 and "--ebpf-sk-msg-accel needs --ebpf-enabled" in result.output
     result = run("install", "--ebpf-sk-msg-accel=sometimes", "--dry-run")
     assert result.exit_code == 2 and "--ebpf-sk-msg-accel" in result.output
+
+
+def test_non_root_gets_one_line_naming_what_needs_root_exit_2_and_nothing_changed(monkeypatch, tmp_path):
+    monkeypatch.setattr("engine.cli.os.geteuid", lambda: 1000)
+    state_dir = tmp_path / "state"
+    for command in (["install", "--kuma-dp-user", "5678"], ["uninstall"], ["status"]):
+        result = run(*command, env={"TPCTL_STATE_DIR": str(state_dir)})
+        assert result.exit_code == 2, (command, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "needs root" in lines[0] and f"sudo tpctl {command[0]}" in lines[0], lines
+        assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    assert not state_dir.exists()
+
+
+def test_bad_input_is_named_before_the_root_check(monkeypatch):
+    monkeypatch.setattr("engine.cli.os.geteuid", lambda: 1000)
+    result = run("install", "--redirect-dns", "--redirect-all-dns-traffic")
+    assert result.exit_code == 2 and "conflict" in result.output
