@@ -1,6 +1,6 @@
 """A throwaway sandbox: two network namespaces joined by a veth, a child cgroup, a temp dir.
 
-The demo, the netns tests and the benchmarks all build their hosts with this, so the rule
+The demo, the netns and eBPF tests and the benchmarks all build their hosts with this, so the rule
 "never touch the host's own namespace, root cgroup or /sys/fs/bpf" lives in one place:
 - hosts get addresses from 198.18.0.0/15 and 2001:2::/48 (the benchmarking ranges, RFC 2544
   and RFC 5180), so no packet can be meant for a real network;
@@ -10,6 +10,7 @@ The demo, the netns tests and the benchmarks all build their hosts with this, so
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Iterator
 
 from engine.probe import mounts_of_type
 from engine.timeouts import bound
@@ -25,6 +27,7 @@ from engine.timeouts import bound
 APP_V4, SRV_V4 = "198.18.0.1", "198.18.0.2"
 APP_V6, SRV_V6 = "2001:2::1", "2001:2::2"
 PROXY_UID = 5678
+CLONE_NEWNET = 0x40000000
 # Every time limit here goes through engine.timeouts.bound (TPCTL_TIMEOUT_SCALE on slow hosts).
 
 
@@ -82,6 +85,23 @@ def _closed_dir(path: str) -> str | None:
         if not os.stat(directory).st_mode & 0o001:
             return directory
     return None
+
+
+@contextlib.contextmanager
+def in_netns(ns: str) -> Iterator[None]:
+    """Run this thread in the network namespace `ns` (netlink, tc and the eBPF engine's calls
+    made in-process follow it), then back in the one it was in."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {ns}")
+        yield
+    finally:
+        libc.setns(home, CLONE_NEWNET)
+        os.close(home)
+        os.close(target)
 
 
 def _ip(*args: str) -> None:
@@ -152,14 +172,26 @@ class Sandbox:
                 os.chmod(os.path.join(root, name), 0o644)
         os.chmod(self.tmp, 0o711)  # others may reach py/, not list the sandbox
 
-    def mount_bpffs(self) -> str:
-        """A private bpffs for this sandbox (never /sys/fs/bpf)."""
+    def add_address(self, ns: str, cidr: str, dev: str = "lo") -> None:
+        """One more address in `ns`, gone with the namespace (e.g. ::6 on lo, the inbound
+        passthrough source that tpctl install adds where the tests drive an engine directly)."""
+        _ip("-n", ns, "addr", "add", cidr, "dev", dev)
+
+    def bpffs_dir(self) -> str:
+        """The directory of this sandbox's bpffs (never /sys/fs/bpf), for code that mounts it
+        itself; close() unmounts whatever is still mounted there."""
         if self.bpffs is None:
             path = os.path.join(self.tmp, "bpffs")
             os.mkdir(path)
-            subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, timeout=bound(30))
             self.bpffs = path
         return self.bpffs
+
+    def mount_bpffs(self) -> str:
+        """A private bpffs for this sandbox (never /sys/fs/bpf)."""
+        path = self.bpffs_dir()
+        if path not in mounts_of_type("bpf"):
+            subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, timeout=bound(30))
+        return path
 
     def close(self) -> None:
         for proc in reversed(self._procs):

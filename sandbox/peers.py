@@ -6,8 +6,8 @@ print one JSON object. Every wait is bounded by a timeout.
 
   python -m sandbox.peers greeter --port 9000
   python -m sandbox.peers dns-server --port 53 --answer 198.18.0.99
-  python -m sandbox.peers tcp HOST PORT
-  python -m sandbox.peers dns SERVER NAME
+  python -m sandbox.peers tcp HOST PORT [--sockopts]  # and what SO_RCVBUF and TCP_INFO read
+  python -m sandbox.peers dns SERVER NAME [--connect]  # the query from a connected socket
   python -m sandbox.peers sink --port 9100        # counts the bytes each client sends
   python -m sandbox.peers send HOST PORT BYTES    # sends BYTES, prints what the sink counted
   python -m sandbox.peers hit HOST PORT           # connects, sends a line, closes at once
@@ -15,6 +15,7 @@ print one JSON object. Every wait is bounded by a timeout.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import socket
 import struct
@@ -23,6 +24,7 @@ import threading
 from sandbox.sidecar import dns_answer, listen_tcp
 
 TIMEOUT = 5.0
+LARGE_OPTLEN = 8192  # more than a page: a BPF getsockopt hook sees only the first page of it
 
 
 def greeter(port: int) -> None:
@@ -68,19 +70,31 @@ def dns_server(port: int, address: str) -> None:
         sock.sendto(dns_answer(query, address), peer)
 
 
-def tcp_client(host: str, port: int) -> dict:
+def sockopts(sock: socket.socket) -> dict:
+    """Options other than SO_ORIGINAL_DST, which a getsockopt hook must pass through: SO_RCVBUF,
+    and TCP_INFO into a buffer larger than a page (Python's getsockopt stops at 1024 bytes)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(LARGE_OPTLEN)
+    length = ctypes.c_uint32(LARGE_OPTLEN)
+    if libc.getsockopt(sock.fileno(), socket.IPPROTO_TCP, socket.TCP_INFO, buf, ctypes.byref(length)) != 0:
+        raise OSError(ctypes.get_errno(), f"getsockopt(TCP_INFO) into {LARGE_OPTLEN} bytes")
+    return {"rcvbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), "tcp_info_len": length.value}
+
+
+def tcp_client(host: str, port: int, with_sockopts: bool = False) -> dict:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(TIMEOUT)
         sock.connect((host, port))
         peer = sock.getpeername()
+        options = sockopts(sock) if with_sockopts else {}
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(4096)
             if not chunk:
                 break
             data += chunk
-    return {"reply": data.decode().strip(), "peername": f"{peer[0]}:{peer[1]}"}
+    return {"reply": data.decode().strip(), "peername": f"{peer[0]}:{peer[1]}", **options}
 
 
 def send(host: str, port: int, size: int) -> dict:
@@ -105,12 +119,17 @@ def hit(host: str, port: int) -> dict:
     return {"closed": True, "local": f"{local[0]}:{local[1]}"}
 
 
-def dns_query(server: str, name: str) -> dict:
+def dns_query(server: str, name: str, connect: bool = False) -> dict:
     question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00" + struct.pack("!HH", 1, 1)
     query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + question
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(TIMEOUT)
-        sock.sendto(query, (server, 53))
+        if connect:
+            sock.connect((server, 53))
+            sock.send(query)
+        else:
+            sock.sendto(query, (server, 53))
         reply, source = sock.recvfrom(4096)
     return {"reply_from": f"{source[0]}:{source[1]}", "answer": socket.inet_ntoa(reply[-4:])}
 
@@ -125,6 +144,7 @@ def main() -> None:
     tcp = sub.add_parser("tcp")
     tcp.add_argument("host")
     tcp.add_argument("port", type=int)
+    tcp.add_argument("--sockopts", action="store_true")
     sub.add_parser("sink").add_argument("--port", type=int, required=True)
     bulk = sub.add_parser("send")
     bulk.add_argument("host")
@@ -136,6 +156,7 @@ def main() -> None:
     query = sub.add_parser("dns")
     query.add_argument("server")
     query.add_argument("name")
+    query.add_argument("--connect", action="store_true")
     args = parser.parse_args()
     if args.what == "greeter":
         greeter(args.port)
@@ -155,12 +176,12 @@ def main() -> None:
             print(json.dumps({"error": str(err)}))
     elif args.what == "tcp":
         try:
-            print(json.dumps(tcp_client(args.host, args.port)))
+            print(json.dumps(tcp_client(args.host, args.port, args.sockopts)))
         except OSError as err:
             print(json.dumps({"error": str(err)}))
     else:
         try:
-            print(json.dumps(dns_query(args.server, args.name)))
+            print(json.dumps(dns_query(args.server, args.name, args.connect)))
         except OSError as err:
             print(json.dumps({"error": str(err)}))
 
