@@ -5,4 +5,4 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ebpf_lab import lab  # noqa: E402,F401  (fixture)
+from ebpf_lab import sandbox, scene  # noqa: E402,F401  (fixtures)
