@@ -28,8 +28,9 @@ def installed(tmp_path_factory):
                    check=True, timeout=300)
     # Offline (the userland matrix runs its tests without a network): the wheel alone, its
     # dependencies (click, pyroute2, ...) seen from this venv through a path line. A path in a .pth
-    # file is only appended to sys.path, its own .pth files (this checkout's editable finder) are
-    # not run, and the fresh venv's site-packages comes first: tpctl is imported from the wheel.
+    # file is only appended to sys.path, its own .pth files (the editable install's entry for this
+    # checkout) are not run, and the fresh venv's site-packages comes first: tpctl is imported from
+    # the wheel.
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-deps",
                     "--no-index", wheel[0]], check=True, timeout=600)
     purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
