@@ -1,11 +1,16 @@
 # Every target runs the idempotent set-up first, so a fresh checkout needs nothing else.
-.PHONY: setup test test-unit demo bench matrix userlands clean
+.PHONY: setup test test-unit lint demo bench matrix userlands clean
 
 setup:
 	bash scripts/setup.sh
 
 test: setup
 	.venv/bin/python -m pytest -ra $(PYTEST_ARGS)
+
+# ruff (pyflakes, bugbear, isort, pyupgrade) and mypy on engine/ and ebpf/ (pyproject.toml)
+lint: setup
+	.venv/bin/ruff check engine ebpf
+	.venv/bin/mypy
 
 test-unit: setup
 	.venv/bin/python -m pytest -ra tests/unit tests/golden

@@ -1,12 +1,23 @@
 """The eBPF engine's facade: feature_checks, plan, apply, uninstall, status."""
 from __future__ import annotations
 
+import functools
 import os
 
+from engine.contract import Transaction, transaction
+
 from . import cgroup, libbpf, pins, tc
-from .catalogue import (ATTACH_SK_MSG_VERDICT, ATTACH_TYPE_NAMES, HOOK_CGROUP, HOOK_SK_MSG,
-                        MAPS, META_MAP, PROGRAMS, SOCKHASH_MAP,
-                        map_pin_name)
+from .catalogue import (
+    ATTACH_SK_MSG_VERDICT,
+    ATTACH_TYPE_NAMES,
+    HOOK_CGROUP,
+    HOOK_SK_MSG,
+    MAPS,
+    META_MAP,
+    PROGRAMS,
+    SOCKHASH_MAP,
+    map_pin_name,
+)
 from .compile import sources_for, take_compiled
 from .errors import EbpfApplyError, EbpfError, EbpfLoadError
 from .load import load_program
@@ -14,7 +25,6 @@ from .maps import LAYOUTS, TypedMap
 from .plan import Attachment, EbpfPlan, EbpfPlanError, MapWrite, plan
 from .probe import Check, feature_checks
 from .settings import EbpfSettings
-from engine.contract import Transaction, transaction
 
 __all__ = ["EbpfSettings", "Check", "EbpfPlan", "EbpfApplyError", "EbpfError", "EbpfPlanError",
            "MapWrite", "Attachment", "feature_checks", "plan", "apply", "uninstall", "status"]
@@ -46,7 +56,7 @@ def apply(p: EbpfPlan, tx: Transaction | None = None) -> dict:
     for name, fn in fns.items():
         _pin(tx, fn.fd, os.path.join(p.pin_dir, f"prog_{name}"), record)
     for mw in p.maps:
-        tx.step(f"map:{mw.map}", lambda mw=mw: _write_map(bpf, mw))
+        tx.step(f"map:{mw.map}", functools.partial(_write_map, bpf, mw))  # the maps go with their pins
     meta = {"cgroup_path": os.path.realpath(s.cgroup_path), "tc_ifindex": 0, "tc_prio": 0,
             "clsact_created": False, "accel_attached": False}
     for att in p.attachments:
@@ -70,12 +80,11 @@ def _load_all(tx: Transaction, bpf, p: EbpfPlan, record: dict) -> dict:
     fns = {}
     for prog in p.programs:
         try:
-            fns[prog.name] = tx.step(f"load:{prog.name}", lambda prog=prog: load_program(bpf, prog))
-        except Exception as exc:
-            cause = getattr(exc, "cause", exc)
-            if not (prog.optional and isinstance(cause, EbpfLoadError)):
+            fns[prog.name] = tx.step(f"load:{prog.name}", functools.partial(load_program, bpf, prog))
+        except EbpfLoadError as exc:
+            if not prog.optional:
                 raise
-            record["skipped"].append({"program": prog.name, "reason": str(cause).splitlines()[0]})
+            record["skipped"].append({"program": prog.name, "reason": str(exc).splitlines()[0]})
             continue
         record["prog_ids"][prog.name] = libbpf.prog_info(fns[prog.name].fd)["id"]
     return fns
@@ -96,12 +105,13 @@ def _write_map(bpf, mw: MapWrite) -> None:
 def _attach(tx: Transaction, bpf, fn, att: Attachment, record: dict, meta: dict) -> None:
     prog_id = record["prog_ids"][att.program]
     if att.hook == HOOK_CGROUP:
+        kind = att.attach_type or 0  # the catalogue gives every cgroup program its attach type
         tx.step(f"attach:{att.program}",
-                lambda: cgroup.attach(fn.fd, att.target, att.attach_type),
-                lambda _: cgroup.detach(fn.fd, att.target, att.attach_type))
+                lambda: cgroup.attach(fn.fd, att.target, kind),
+                lambda _: cgroup.detach(fn.fd, att.target, kind))
         record["attachments"].append({
             "program": att.program, "cgroup_path": os.path.realpath(att.target),
-            "attach_type": att.attach_type, "attach_type_name": ATTACH_TYPE_NAMES[att.attach_type],
+            "attach_type": kind, "attach_type_name": ATTACH_TYPE_NAMES[kind],
             "prog_id": prog_id})
     elif att.hook == HOOK_SK_MSG:
         map_fd = _map_fd(bpf, SOCKHASH_MAP)
@@ -200,10 +210,10 @@ def _detach_cgroup(cg: str, progs: dict) -> list[str]:
         if prog.hook != HOOK_CGROUP or prog.name not in progs:
             continue
         fd, prog_id = progs[prog.name]
-        if prog_id in cgroup.attached_ids(cg, prog.attach_type):
-            cgroup.detach(fd, cg, prog.attach_type)
-            removed.append(f"detached {prog.name} (id {prog_id}) from {cg} "
-                           f"{ATTACH_TYPE_NAMES[prog.attach_type]}")
+        kind = prog.attach_type or 0
+        if prog_id in cgroup.attached_ids(cg, kind):
+            cgroup.detach(fd, cg, kind)
+            removed.append(f"detached {prog.name} (id {prog_id}) from {cg} {ATTACH_TYPE_NAMES[kind]}")
     return removed
 
 
@@ -238,7 +248,7 @@ def status(bpffs_path: str) -> dict:
             fd, prog_id = progs[prog.name]
             attached = None
             if prog.hook == HOOK_CGROUP and cg and os.path.isdir(cg):
-                attached = prog_id in cgroup.attached_ids(cg, prog.attach_type)
+                attached = prog_id in cgroup.attached_ids(cg, prog.attach_type or 0)
             programs[prog.name] = {"id": prog_id, "hook": prog.hook, "attached": attached}
         index = meta.get("tc_ifindex")
         if index:

@@ -32,7 +32,6 @@ def _lib() -> ct.CDLL:
         "bpf_obj_get_info_by_fd": (ct.c_int, [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]),
         "bpf_map_lookup_elem": (ct.c_int, [ct.c_int, ct.c_void_p, ct.c_void_p]),
         "bpf_map_update_elem": (ct.c_int, [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]),
-        "bpf_map_delete_elem": (ct.c_int, [ct.c_int, ct.c_void_p]),
         "bpf_map_get_next_key": (ct.c_int, [ct.c_int, ct.c_void_p, ct.c_void_p]),
     }
     for name, (restype, argtypes) in sigs.items():
@@ -93,25 +92,11 @@ class _ProgInfo(ct.Structure):
                 ("nr_map_ids", ct.c_uint32), ("map_ids", ct.c_uint64), ("name", ct.c_char * 16)]
 
 
-class _MapInfo(ct.Structure):
-    _fields_ = [("type", ct.c_uint32), ("id", ct.c_uint32), ("key_size", ct.c_uint32),
-                ("value_size", ct.c_uint32), ("max_entries", ct.c_uint32),
-                ("map_flags", ct.c_uint32), ("name", ct.c_char * 16)]
-
-
 def prog_info(fd: int) -> dict:
     info = _ProgInfo()
     size = ct.c_uint32(ct.sizeof(info))
     _check(_lib().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "prog info")
     return {"id": info.id, "type": info.type, "name": info.name.decode(errors="replace")}
-
-
-def map_info(fd: int) -> dict:
-    info = _MapInfo()
-    size = ct.c_uint32(ct.sizeof(info))
-    _check(_lib().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "map info")
-    return {"id": info.id, "type": info.type, "key_size": info.key_size,
-            "value_size": info.value_size, "name": info.name.decode(errors="replace")}
 
 
 def map_lookup(fd: int, key: ct.Structure | ct._SimpleCData, value) -> bool:
@@ -127,10 +112,6 @@ def map_lookup(fd: int, key: ct.Structure | ct._SimpleCData, value) -> bool:
 def map_update(fd: int, key, value, flags: int = BPF_ANY) -> None:
     _check(_lib().bpf_map_update_elem(fd, ct.byref(key), ct.byref(value), flags),
            "bpf_map_update_elem")
-
-
-def map_delete(fd: int, key) -> None:
-    _check(_lib().bpf_map_delete_elem(fd, ct.byref(key)), "bpf_map_delete_elem")
 
 
 def map_next_key(fd: int, key, next_key) -> bool:

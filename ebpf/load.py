@@ -47,10 +47,10 @@ def _load_with_attach_type(bpf, prog: Program):
         raise EbpfLoadError(f"compiled object has no program {prog.name}")
     try:
         fd = libbpf.prog_load(prog.prog_type, start, size, lib.bpf_module_license(bpf.module),
-                              prog.attach_type, prog.name)
+                              prog.attach_type or 0, prog.name)
     except OSError as err:
-        raise EbpfLoadError(f"kernel refused {prog.name} ({err.strerror.splitlines()[0]}):\n"
-                            + "\n".join(err.strerror.splitlines()[1:])[-4000:]) from err
+        log = (err.strerror or str(err)).splitlines() or [""]
+        raise EbpfLoadError(f"kernel refused {prog.name} ({log[0]}):\n" + "\n".join(log[1:])[-4000:]) from err
     fn = type(bpf).Function(bpf, name, fd)
     bpf.funcs[name] = fn
     return fn

@@ -8,8 +8,9 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from . import libbpf
 
@@ -103,7 +104,7 @@ def _settings(v: dict) -> TpSettings:
 
 
 def _from_settings(s: TpSettings) -> dict:
-    return {name: getattr(s, name) for name, _ in TpSettings._fields_ if name != "pad"}
+    return {f[0]: getattr(s, f[0]) for f in TpSettings._fields_ if f[0] != "pad"}
 
 
 def _uid_range(v: dict) -> TpUidPortRange:
@@ -111,7 +112,7 @@ def _uid_range(v: dict) -> TpUidPortRange:
 
 
 def _from_uid_range(r: TpUidPortRange) -> dict:
-    return {name: getattr(r, name) for name, _ in TpUidPortRange._fields_ if name != "pad"}
+    return {f[0]: getattr(r, f[0]) for f in TpUidPortRange._fields_ if f[0] != "pad"}
 
 
 def _meta(v: dict) -> TpInstallMeta:
@@ -165,8 +166,6 @@ LAYOUTS: dict[str, Layout] = {
     "tp_instance_v6": _ADDR6_SET,
     "tp_install_meta": Layout(ct.c_uint32, TpInstallMeta, _u32, _meta, _ident, _from_meta),
 }
-
-ARRAY_MAPS = {"tp_settings", "tp_uid_port_excl", "tp_install_meta"}
 
 
 class TypedMap:

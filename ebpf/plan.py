@@ -7,8 +7,16 @@ from typing import Any
 
 from engine.contract import EnginePlan
 
-from .catalogue import (ATTACH_TYPE_NAMES, HOOK_CGROUP, HOOK_SK_MSG, HOOK_TC_EGRESS,
-                        HOOK_TC_INGRESS, PROGRAMS, SOCKHASH_MAP, Program)
+from .catalogue import (
+    ATTACH_TYPE_NAMES,
+    HOOK_CGROUP,
+    HOOK_SK_MSG,
+    HOOK_TC_EGRESS,
+    HOOK_TC_INGRESS,
+    PROGRAMS,
+    SOCKHASH_MAP,
+    Program,
+)
 from .errors import EbpfError
 from .maps import DNS_MODES, MAX_CIDRS, MAX_UID_RANGES, PROTOS
 from .pins import pin_dir

@@ -1,4 +1,4 @@
-"""Feature checks: real, memoised probes of what the eBPF engine needs (architecture §4)."""
+"""Feature checks: real, memoised probes of what the eBPF engine needs (docs/architecture.md §4)."""
 from __future__ import annotations
 
 import os
@@ -7,18 +7,18 @@ import re
 import tempfile
 from functools import lru_cache
 
+from engine.contract import Check  # one Check type for the pipeline and these probes
+
 from . import libbpf
-from .catalogue import (ATTACH_TYPE_NAMES, PROG_CGROUP_SOCK_ADDR, PROG_CGROUP_SOCKOPT,
-                        PROG_TYPE_NAMES, PROGRAMS)
+from .catalogue import ATTACH_TYPE_NAMES, PROG_CGROUP_SOCK_ADDR, PROG_CGROUP_SOCKOPT, PROG_TYPE_NAMES, PROGRAMS
 from .cgroup import cgroup2_mount
 from .compile import compile_for_check, find_kernel_headers, sources_for
 from .errors import EbpfCompileError, EbpfLoadError, HeadersNotFound
 from .load import load_program
-from .plan import wanted
-from .settings import DEFAULT_SOURCE_PATH
 from .pins import is_bpffs, mount_bpffs, umount
+from .plan import wanted
 from .requirements import cgroup2_check, kernel_check
-from engine.contract import Check  # one Check type for the pipeline and these probes
+from .settings import DEFAULT_SOURCE_PATH
 
 
 def check_kernel(release: str | None = None) -> Check:
@@ -73,7 +73,7 @@ def check_program_types() -> tuple[Check, ...]:
     seen = set()
     for prog in PROGRAMS:
         # only sock_addr and sockopt programs are verified for one expected attach type
-        eat = prog.attach_type if prog.prog_type in (PROG_CGROUP_SOCK_ADDR, PROG_CGROUP_SOCKOPT) else 0
+        eat = (prog.attach_type or 0) if prog.prog_type in (PROG_CGROUP_SOCK_ADDR, PROG_CGROUP_SOCKOPT) else 0
         key = (prog.prog_type, eat)
         if key in seen:
             continue
@@ -160,7 +160,7 @@ ACCEL_MIN_BCC = (0, 21)
 
 def bcc_compiles_accel() -> bool:
     found = re.match(r"(\d+)\.(\d+)", bcc_version())
-    return bool(found) and (int(found.group(1)), int(found.group(2))) >= ACCEL_MIN_BCC
+    return found is not None and (int(found.group(1)), int(found.group(2))) >= ACCEL_MIN_BCC
 
 
 @lru_cache(maxsize=1)

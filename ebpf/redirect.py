@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import os
 
-from engine.contract import (Check, Choice, Config, EnginePlan, HostFacts, RedirectEngine, Say, Transaction,
-                             default_of, families)
+from engine.contract import (
+    Check,
+    Choice,
+    Config,
+    EnginePlan,
+    HostFacts,
+    RedirectEngine,
+    Say,
+    Transaction,
+    default_of,
+    families,
+)
 
 from .requirements import cgroup2_check, kernel_check
 from .settings import DEFAULT_SOURCE_PATH, EbpfSettings
@@ -134,8 +144,8 @@ class EbpfEngine(RedirectEngine):
         settings, planned = self._plan_for(config, facts, families(config, facts)[0])
         if isinstance(planned, EbpfPlanError):  # lists longer than the maps hold: use iptables, not a crash
             name, _, detail = str(planned).partition(": ")
-            flag = SETTING_FLAGS.get(name)
-            result.append(Check("eBPF maps", False, f"{flag}: {detail}" if flag else str(planned),
+            setting_flag = SETTING_FLAGS.get(name)
+            result.append(Check("eBPF maps", False, f"{setting_flag}: {detail}" if setting_flag else str(planned),
                                 "shorten the list, or use the iptables engine"))
         if config.ebpf_programs_source_path and not os.path.isdir(config.ebpf_programs_source_path):
             result.append(Check("programs source", False, f"{config.ebpf_programs_source_path} is not a directory",
@@ -242,7 +252,7 @@ def _status_lines(record: dict, live: dict, programs: dict) -> list[str]:
         lines.append(f"not loaded (optional): {skipped['program']}: {skipped['reason']}")
     settings = (live.get("maps", {}).get("tp_settings") or {}).get(0) or {}
     if settings:
-        dns = {1: "to the name servers", 2: "all"}.get(settings.get("redirect_dns"))
+        dns = {1: "to the name servers", 2: "all"}.get(int(settings.get("redirect_dns") or 0))
         lines.append(f"redirects: outbound to :{settings.get('outbound_port')}, inbound "
                      + (f"to :{settings.get('inbound_port')}" if settings.get("redirect_inbound") else "off")
                      + (f", DNS ({dns}) to :{settings.get('dns_port')}" if dns else ", DNS not redirected")

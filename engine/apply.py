@@ -3,7 +3,8 @@ lock one transaction: remove the previous install, the ::6 passthrough, the engi
 state record. Engines are reached only through engine.registry and engine.contract."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 from engine import passthrough, registry, state
 from engine.choice import choose

@@ -6,7 +6,8 @@ every failed check, or exit 3 under --no-fallback. The registry's last engine is
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Callable, Union
 
 from engine import registry
 from engine.config import Config

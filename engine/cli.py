@@ -10,7 +10,7 @@ from click.core import ParameterSource
 
 from engine import config as config_module
 from engine import state
-from engine.errors import ConfigError, DriftFound, Interrupted
+from engine.errors import ConfigError, DriftFound, Interrupted, Terminated
 from engine.options import INSTALL_OPTIONS, OptionSpec
 
 
@@ -83,18 +83,17 @@ def main():
 @click.pass_context
 def install(ctx, config_files, state_dir, **params):
     """Redirect traffic through the sidecar (mirrors `kumactl install transparent-proxy`)."""
-    from engine import apply
-    from engine.transaction import Terminated
+    from engine import apply, transaction
 
     files = [p.strip() for item in config_files for p in item.split(",") if p.strip()]
     config = config_module.build(explicit_values(ctx, params), files)  # bad input first: exit 2 naming it
     _need_root("install")
     try:
         apply.install(config, state.state_dir(state_dir), _say, _show)
-    except (KeyboardInterrupt, Terminated) as err:  # the transaction rolled back before this
-        signame, code = ("SIGTERM", 143) if isinstance(err, Terminated) else ("SIGINT", 130)
-        raise Interrupted(f"interrupted by {signame}: what this install had done was rolled back; "
-                          "the host is as before", code) from None
+    except (KeyboardInterrupt, transaction.Terminated) as err:  # the transaction rolled back before this
+        error = Terminated if isinstance(err, transaction.Terminated) else Interrupted
+        raise error(f"interrupted by {'SIGTERM' if error is Terminated else 'SIGINT'}: what this install had "
+                    "done was rolled back; the host is as before") from None
 
 
 @main.command()

@@ -7,8 +7,9 @@ ConfigError naming the flag (or file and key) and what would be valid.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 

@@ -119,7 +119,7 @@ class RedirectEngine(abc.ABC):
     def chosen_reason(self, requested: str) -> str:
         return f"{requested} and every {self.title} check passed"
 
-    def fallback_reason(self, requested: str, failed: list[Check], to: "RedirectEngine") -> str:
+    def fallback_reason(self, requested: str, failed: list[Check], to: RedirectEngine) -> str:
         return (f"{requested}, but {self.title} checks failed; falling back to {to.title}: "
                 + "; ".join(c.line() for c in failed))
 

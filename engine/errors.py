@@ -1,4 +1,4 @@
-"""Typed errors, one exit code each (architecture.md section 7).
+"""Typed errors, one exit code each (docs/architecture.md §7).
 
 They subclass click's ClickException so the CLI prints `Error: <message>` and exits with the
 code below; library callers catch them by type.
@@ -37,8 +37,10 @@ class DriftFound(TpctlError):
 
 
 class Interrupted(TpctlError):
-    """SIGINT or SIGTERM during install: everything it had done was rolled back."""
+    """SIGINT (exit 130) or SIGTERM (143) during install: what it had done was rolled back."""
 
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = 130
+
+
+class Terminated(Interrupted):
+    exit_code = 143

@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 DEFAULT_DIR = "/run/tpctl"
 STATE_ENV = "TPCTL_STATE_DIR"

@@ -20,8 +20,9 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from engine.errors import ApplyFailed
 
@@ -86,7 +87,7 @@ class Transaction:
 
     def run(self, steps: list[Step]) -> None:
         for s in steps:
-            self.step(s.name, s.do, lambda _result, s=s: s.undo())
+            self.step(s.name, s.do, _ignoring_result(s.undo))
 
     def rollback(self) -> list[str]:
         """Undo every done step, newest first; return what each undo did."""
@@ -117,6 +118,10 @@ class Transaction:
             signum = self._held[0]
             self._held.clear()
             _raise_for(signum)
+
+
+def _ignoring_result(undo: Callable[[], object]) -> Callable[[Any], object]:
+    return lambda _result: undo()
 
 
 def _raise_for(signum: int) -> None:

@@ -45,7 +45,7 @@ fi
 
 # BCC compiles against /lib/modules/$(uname -r)/build and .../source. The running kernel may
 # have no package of its own; our BPF programs use UAPI headers only, so the newest Debian
-# headers serve (architecture.md section 6). Never replace links or directories that exist.
+# headers serve (docs/architecture.md §6). Never replace links or directories that exist.
 release=$(uname -r)
 headers=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
 if [ -n "$headers" ]; then
@@ -60,8 +60,8 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import bcc" 2>/dev/null; 
   # --system-site-packages: BCC's Python bindings come from Debian's python3-bpfcc.
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-extras=test
-[ "$matrix" = 1 ] && extras=test,matrix
+extras=test,lint
+[ "$matrix" = 1 ] && extras=test,lint,matrix
 # the stamp holds the extras installed (an empty one, from before --no-matrix existed, meant all)
 stamp=.venv/.tpctl-installed
 installed=$(cat "$stamp" 2>/dev/null || true)

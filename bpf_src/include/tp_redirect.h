@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* The redirect decisions of the contract (architecture §1), shared by connect and sendmsg. */
+/* The redirect decisions of the contract (docs/architecture.md §1), shared by connect and sendmsg. */
 #ifndef TP_REDIRECT_H
 #define TP_REDIRECT_H
 

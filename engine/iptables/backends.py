@@ -15,8 +15,8 @@ import subprocess
 import sys
 import time
 
-from engine.iptables.selection import LEGACY_RESTORE
 from engine.iptables.rules import COMMENT_PREFIX, FamilyPlan, Rule, TablePlan, table_to_json
+from engine.iptables.selection import LEGACY_RESTORE
 from engine.timeouts import bound
 
 XTABLES_LOCK = "/run/xtables.lock"

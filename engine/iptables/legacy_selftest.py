@@ -52,8 +52,9 @@ def _shapes(family: int) -> list:
 
 def worker(family: int) -> int:
     try:
-        from engine.iptables.backends import to_iptc
         import iptc  # noqa: F401
+
+        from engine.iptables.backends import to_iptc
     except ImportError as err:
         print(f"python-iptables is not importable: {err}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ rules when --disable-comments was used). Nothing else is ever touched.
 from __future__ import annotations
 
 import re
+from collections.abc import Set
 from dataclasses import dataclass, field
 
 from engine.iptables.rules import CHAIN_PREFIX, COMMENT_PREFIX
@@ -74,7 +75,7 @@ class Owned:
         return out
 
 
-def find_owned(tables: dict[str, LiveTable], recorded: set[tuple[str, str, str]] = frozenset(),
+def find_owned(tables: dict[str, LiveTable], recorded: Set[tuple[str, str, str]] = frozenset(),
                only_tables: set[str] | None = None) -> Owned:
     rules, chains = [], []
     for table in tables.values():

@@ -5,7 +5,8 @@ import dataclasses
 
 from engine import firewalld
 from engine.contract import Check, Choice, Config, EnginePlan, HostFacts, RedirectEngine, Say, Step, Transaction
-from engine.iptables import engine as iptables, selection
+from engine.iptables import engine as iptables
+from engine.iptables import selection
 from engine.iptables.engine import InstallRecord, IptablesPlan
 
 

@@ -18,8 +18,6 @@ BUILTIN_CHAINS = {
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
 }
-# The order iptables-save prints the tables we write (matches Kuma's goldens: raw before nat).
-TABLE_ORDER = ("raw", "mangle", "nat", "filter")
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ class Rule:
             return f"-I {self.chain} {self.position} {self.spec()}"
         return self.save_line()
 
-    def without_comment(self) -> "Rule":
+    def without_comment(self) -> Rule:
         return replace(self, comment=None)
 
 
@@ -125,10 +123,10 @@ class TablePlan:
         for chain in (*BUILTIN_CHAINS[self.name], *sorted(self.chains)):
             in_chain = [r for r in self.rules if r.chain == chain]
             appended = [r for r in in_chain if r.position is None]
-            inserted = sorted((r for r in in_chain if r.position is not None), key=lambda r: r.position)
+            inserted = sorted((r for r in in_chain if r.position is not None), key=lambda r: r.position or 0)
             ordered: list[Rule] = list(appended)
             for r in inserted:  # -I N lands at index N-1 of what is there at that moment
-                ordered.insert(min(r.position - 1, len(ordered)), r)
+                ordered.insert(min((r.position or 1) - 1, len(ordered)), r)
             lines += [r.save_line() for r in ordered]
         lines.append("COMMIT")
         return "\n".join(lines) + "\n"
