@@ -4,21 +4,16 @@ from __future__ import annotations
 import ctypes as ct
 import os
 
+from engine.contract import mounts
+
 from . import libbpf
 from .catalogue import PIN_DIR_NAME
 
 
 def mount_point_fstype(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """Filesystem type mounted exactly at path, or None."""
+    """Filesystem type mounted exactly at path (the last mount on a point wins), or None."""
     real = os.path.realpath(path)
-    found = None
-    with open(mountinfo) as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if len(fields) > 4 and fields[4].replace("\\040", " ") == real:
-                found = right.split()[0]  # the last mount on a point wins
-    return found
+    return next((kind for point, kind in reversed(mounts(mountinfo)) if point == real), None)
 
 
 def is_bpffs(path: str) -> bool:

@@ -62,13 +62,9 @@ def tc_interface(config: Config, facts: HostFacts) -> dict | None:
 def settings_from(config: Config, facts: HostFacts, fams: tuple[int, ...]) -> EbpfSettings:
     iface = tc_interface(config, facts)
     instance_ips = (config.ebpf_instance_ip,) if config.ebpf_instance_ip else tuple((iface or {}).get("addresses", ()))
-    uids = []
-    for entry in config.exclude_outbound_ports_for_uids:
-        uid_lo, _, uid_hi = entry.uids.partition("-")
-        for ports in entry.ports.split(","):
-            lo, _, hi = ports.partition(":")
-            for proto in entry.protocols:
-                uids.append((proto, int(lo), int(hi or lo), int(uid_lo), int(uid_hi or uid_lo)))
+    uids = [(proto, port_lo, port_hi, *entry.uid_range)
+            for entry in config.exclude_outbound_ports_for_uids
+            for port_lo, port_hi in entry.port_ranges for proto in entry.protocols]
     return EbpfSettings(
         proxy_uid=config.proxy_uid, inbound_port=config.redirect_inbound_port,
         outbound_port=config.redirect_outbound_port, dns_port=config.redirect_dns_port,

@@ -9,7 +9,7 @@ import click
 from click.core import ParameterSource
 
 from engine import config as config_module
-from engine import state
+from engine import registry, state
 from engine.errors import ConfigError, DriftFound, Interrupted, Terminated
 from engine.options import INSTALL_OPTIONS, OptionSpec
 
@@ -165,7 +165,7 @@ def _need_root(command: str) -> None:
 
 
 @main.command()
-@click.option("--engine", type=click.Choice(["auto", "iptables", "ebpf"]), default="auto",
+@click.option("--engine", type=click.Choice(["auto", *registry.names()]), default="auto",
               help="auto: eBPF where every check passes, else iptables")
 def demo(engine):
     """Run the redirect end to end in a throwaway sandbox and clean up after."""

@@ -82,7 +82,8 @@ class Config:
             if isinstance(value, v.ProxyUser):
                 value = {"uid": value.uid, "name": value.name}
             elif isinstance(value, tuple):
-                value = [str(x) if not hasattr(x, "__dataclass_fields__") else x.__dict__ for x in value]
+                value = [x.to_json() if hasattr(x, "to_json") else x.__dict__ if hasattr(x, "__dataclass_fields__")
+                         else str(x) for x in value]
                 value = [{k: str(val) for k, val in x.items()} if isinstance(x, dict) else x for x in value]
             out[f.name] = value
         return out

@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from engine.config import Config, defaults
-from engine.probe import HostFacts, kernel_version, mounts_of_type
+from engine.probe import HostFacts, kernel_version, mounts, mounts_of_type
 from engine.transaction import InjectedFault, Step, Transaction, transaction
 
 Say = Callable[[str], None]
 
 __all__ = ["Check", "Choice", "Config", "EnginePlan", "HostFacts", "InjectedFault", "RedirectEngine",
-           "Say", "Step", "Transaction", "default_of", "families", "kernel_version", "mounts_of_type", "transaction"]
+           "Say", "Step", "Transaction", "default_of", "families", "kernel_version", "mounts", "mounts_of_type", "transaction"]
 
 
 def default_of(field_name: str):

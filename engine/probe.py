@@ -65,18 +65,24 @@ def kernel_version(release: str) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
-def mounts_of_type(fstype: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    """Mount points of a filesystem type; hybrid hosts keep cgroup2 at e.g. /sys/fs/cgroup/unified."""
+def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount, in mount order: the one mountinfo reader."""
     found = []
     try:
         with open(mountinfo, encoding="utf-8") as handle:
             for line in handle:
                 left, _, right = line.partition(" - ")
-                if right.split(" ")[0] == fstype:
-                    found.append(left.split(" ")[4].replace("\\040", " "))
+                fields = left.split(" ")
+                if len(fields) > 4 and right:
+                    found.append((fields[4].replace("\\040", " "), right.split(" ")[0]))
     except OSError:
         pass
     return found
+
+
+def mounts_of_type(fstype: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mount points of a filesystem type; hybrid hosts keep cgroup2 at e.g. /sys/fs/cgroup/unified."""
+    return [point for point, kind in mounts(mountinfo) if kind == fstype]
 
 
 def _count_rules(save_command: str) -> int | None:

@@ -121,11 +121,26 @@ def default_proxy_user() -> ProxyUser:
 
 @dataclass(frozen=True)
 class PortsForUids:
-    """One --exclude-outbound-ports-for-uids entry: [protocol:][ports:]uids."""
+    """One --exclude-outbound-ports-for-uids entry: [protocol:][ports:]uids, as integer ranges
+    that each engine renders its own way (iptables: multiport and owner texts; eBPF: map rows)."""
 
     protocols: tuple[str, ...]  # ("tcp", "udp") when none or * was given, as kumactl
-    ports: str  # multiport syntax: "53,3000:5000"
-    uids: str  # owner syntax: "106-108" or "5"
+    port_ranges: tuple[tuple[int, int], ...]  # inclusive (low, high), in the order given
+    uid_range: tuple[int, int]  # inclusive (low, high)
+
+    @property
+    def ports(self) -> str:
+        """multiport syntax: "53,3000:5000"."""
+        return ",".join(str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in self.port_ranges)
+
+    @property
+    def uids(self) -> str:
+        """owner syntax: "106-108" or "5"."""
+        lo, hi = self.uid_range
+        return str(lo) if lo == hi else f"{lo}-{hi}"
+
+    def to_json(self) -> dict:
+        return {"protocols": self.protocols, "ports": self.ports, "uids": self.uids}
 
 
 def _range(text: str, what: str, upper: int) -> tuple[int, int]:
@@ -162,15 +177,14 @@ def _ports_for_uids(text: str) -> PortsForUids:
             raise ValueError(f"protocol {proto!r} in {text!r} must be tcp, udp or *")
     if port_text.strip() in ("", "*"):
         port_text = "1-65535"
-    port_ranges = [_range(p.strip(), "port", 65535) for p in port_text.split(",") if p.strip()]
-    multiport = ",".join(str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in port_ranges)
+    port_ranges = tuple(_range(p.strip(), "port", 65535) for p in port_text.split(",") if p.strip())
     if uid_text.strip() == "*":
         raise ValueError(f"{text!r}: a wildcard is not allowed for uids (give a uid or a range)")
     if "," in uid_text:
         raise ValueError(f"{text!r}: give one uid or one uid range (a-b), not a list")
     lo, hi = _range(uid_text.strip(), "uid", 2**32 - 2)
     protocols_in_order = tuple(p for p in ("tcp", "udp") if p in protocols)
-    return PortsForUids(protocols_in_order, multiport, str(lo) if lo == hi else f"{lo}-{hi}")
+    return PortsForUids(protocols_in_order, port_ranges, (lo, hi))
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,15 @@ class Backend:
         """How a family plan is split into atomic steps: (step label, tables in it)."""
         raise NotImplementedError
 
+    def scaffold_created(self, before: str, after: str, ours: set[tuple[str, str]]) -> dict | None:
+        """What an apply made besides our chains that uninstall must remove once empty (tables,
+        base chains), from the save texts before and after; None: this backend makes none."""
+        return None
+
+    def remove_scaffold(self, family: int, created: dict | None, dry_run: bool = False, going=None) -> list[str]:
+        """Remove what scaffold_created recorded, where it is empty again."""
+        return []
+
 
 class NftBackend(Backend):
     name = "nft"
@@ -76,6 +85,17 @@ class NftBackend(Backend):
 
     def apply_tables(self, family: int, tables: list[TablePlan]) -> None:
         self.restore(family, "".join(t.restore_text() for t in tables))
+
+    # iptables-nft creates a table and its base chains on first use (nft_scaffold.py)
+    def scaffold_created(self, before: str, after: str, ours: set[tuple[str, str]]) -> dict | None:
+        from engine.iptables import nft_scaffold
+
+        return nft_scaffold.created(before, after, ours)
+
+    def remove_scaffold(self, family: int, created: dict | None, dry_run: bool = False, going=None) -> list[str]:
+        from engine.iptables import nft_scaffold
+
+        return nft_scaffold.remove_if_empty(family, created, dry_run, going)
 
 
 class LegacyBackend(Backend):

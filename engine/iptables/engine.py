@@ -146,20 +146,19 @@ def _apply_step(config: Config, backend: Backend, family: int, label: str, table
         ours = {(t.name, c) for t in tables for c in t.chains}
         record.rules.setdefault(str(family), []).extend([t, c, s] for t, c, s in sorted(added))
         record.chains.setdefault(str(family), []).extend([t, c] for t, c in sorted(ours))
-        if backend.name == "nft":
-            before["created"] = nft_scaffold.created(before_text, after_text, ours)
-            record.nft_created[str(family)] = nft_scaffold.merge(record.nft_created.get(str(family)),
-                                                                 before["created"])
+        created = backend.scaffold_created(before_text, after_text, ours)
+        if created is not None:
+            before["created"] = created
+            record.nft_created[str(family)] = nft_scaffold.merge(record.nft_created.get(str(family)), created)
 
     def undo():
         planned = {(t.name, r.chain, r.spec()) for t in tables for r in t.rules}
         recorded = {tuple(x) for x in record.rules.get(str(family), [])} | planned
         owned = live.find_owned(live.parse_save(backend.save(family)), recorded, only_tables=names)
         backend.restore(family, live.removal_script(owned))
-        if backend.name == "nft":
-            # only what this step created: tables a replaced install created stay for its rules,
-            # which the undo of the replacing step puts back next
-            nft_scaffold.remove_if_empty(family, before.get("created"))
+        # only what this step created: tables a replaced install created stay for its rules,
+        # which the undo of the replacing step puts back next
+        backend.remove_scaffold(family, before.get("created"))
 
     return Step(label, do, undo)
 
@@ -181,17 +180,18 @@ def uninstall(record: dict | None, wait: int = 5, dry_run: bool = False) -> list
     `record`: the install's iptables record, or None (then tags alone find them)."""
     recorded = recorded_lines(record)
     report = []
-    in_nft: dict[int, live.Owned] = {}  # what a dry run leaves in nf_tables, counted as gone
+    going: dict[int, live.Owned] = {}  # what a dry run leaves in the scaffold's backend, counted as gone
+    scaffold_backend = make_backend("nft", wait)  # the only backend with a scaffold (nft_created)
     for backend, family, owned in owned_everywhere(wait, recorded):
         report += [f"{backend.name} IPv{family} {t}: -D {c} {s}" for t, c, _i, s in owned.rules]
         report += [f"{backend.name} IPv{family} {t}: -X {c}" for t, c, _r in owned.chains]
         if not dry_run:
             backend.restore(family, live.removal_script(owned))
-        elif backend.name == "nft":
-            in_nft[family] = owned
+        elif backend.name == scaffold_backend.name:
+            going[family] = owned
     for family, created in sorted((record or {}).get("nft_created", {}).items()):
         try:
-            report += nft_scaffold.remove_if_empty(int(family), created, dry_run, in_nft.get(int(family)))
+            report += scaffold_backend.remove_scaffold(int(family), created, dry_run, going.get(int(family)))
         except BackendError as err:  # our rules are gone; only empty tables would stay
             report.append(f"kept the empty nf_tables IPv{family} tables install created: {err}")
     return report

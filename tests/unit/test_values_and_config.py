@@ -42,7 +42,8 @@ def test_networks_keep_family_and_drop_host_bits_like_iptables():
     ("tcp,udp:80:5", ("tcp", "udp"), "80", "5"),
 ])
 def test_ports_for_uids_formats(text, protocols, ports, uids):
-    assert v.ports_for_uids_list([text]) == (v.PortsForUids(protocols, ports, uids),)
+    (entry,) = v.ports_for_uids_list([text])
+    assert (entry.protocols, entry.ports, entry.uids) == (protocols, ports, uids)
 
 
 @pytest.mark.parametrize("text, message", [
