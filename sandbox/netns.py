@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from engine.probe import mounts_of_type
 from engine.timeouts import bound

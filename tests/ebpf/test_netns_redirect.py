@@ -3,7 +3,6 @@ import json
 import os
 
 import pytest
-
 from ebpf_lab import root_only, sh
 
 from ebpf import engine

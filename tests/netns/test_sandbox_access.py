@@ -18,6 +18,7 @@ from tests import conftest
 from vagrant import matrix
 from vagrant.kernels import MatrixError
 
+
 @pytest.fixture
 def closed_python():
     """An interpreter under a directory only root may enter (as a venv under /root would be); its
