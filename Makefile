@@ -1,5 +1,5 @@
 # Every target runs the idempotent set-up first, so a fresh checkout needs nothing else.
-.PHONY: setup test test-unit lint demo bench matrix userlands clean
+.PHONY: setup test test-unit lint demo bench matrix userlands chaos clean
 
 setup:
 	bash scripts/setup.sh
@@ -30,6 +30,10 @@ matrix: setup
 # set up by scripts/setup.sh and running the whole suite chrooted on this kernel.
 userlands: setup
 	.venv/bin/python -m vagrant.userlands $(USERLAND_ARGS)
+
+# The crash-consistency property suite with many more examples than CI runs (tests/netns/test_chaos.py).
+chaos: setup
+	TPCTL_CHAOS_EXAMPLES=$${TPCTL_CHAOS_EXAMPLES:-100} TPCTL_EVERY_SIGNAL=1 .venv/bin/python -m pytest -ra tests/netns/test_chaos.py tests/netns/test_crash.py tests/netns/test_interrupts.py
 
 clean:
 	rm -rf .venv build *.egg-info

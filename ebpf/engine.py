@@ -30,19 +30,23 @@ __all__ = ["EbpfSettings", "Check", "EbpfPlan", "EbpfApplyError", "EbpfError", "
            "MapWrite", "Attachment", "feature_checks", "plan", "apply", "uninstall", "status"]
 
 
-def apply(p: EbpfPlan, tx: Transaction | None = None) -> dict:
+def apply(p: EbpfPlan, tx: Transaction | None = None, record: dict | None = None) -> dict:
     """Make the plan real as steps of `tx` (the install's transaction, which rolls them back on
-    any failure). Without one, in a transaction of its own that raises EbpfApplyError."""
+    any failure), filling in `record` with each object before the kernel call that makes it (the
+    transaction journals it at each step). Without tx, in a transaction of its own that raises
+    EbpfApplyError."""
     if tx is None:
         with transaction(what="eBPF apply", error=EbpfApplyError) as own:
-            return apply(p, own)
+            return apply(p, own, record)
+    record = {} if record is None else record
     s = p.settings
     if pins.list_pins(s.bpffs_path):
         raise EbpfApplyError(f"already installed: {p.pin_dir} holds pins (uninstall first)", [])
-    record: dict = {"engine": "ebpf", "bpffs_path": s.bpffs_path, "pin_dir": p.pin_dir,
-                    "prog_ids": {}, "pins": [], "attachments": [], "maps": list(MAPS),
-                    "tc": None, "skipped": []}
-    # every kernel call below is a step of tx, with its undo
+    record.update({"engine": "ebpf", "bpffs_path": s.bpffs_path, "pin_dir": p.pin_dir,
+                   "prog_ids": {}, "pins": [], "attachments": [], "maps": list(MAPS),
+                   "tc": None, "skipped": []})
+    # every kernel call below is a step of tx, with its undo, and is in the record before it runs
+    record["bpffs_mounted_by_us"] = not pins.is_bpffs(s.bpffs_path)
     record["bpffs_mounted_by_us"] = tx.step(
         "mount-bpffs", lambda: pins.mount_bpffs(s.bpffs_path),
         lambda mounted: pins.umount(s.bpffs_path) if mounted else None)
@@ -91,9 +95,9 @@ def _load_all(tx: Transaction, bpf, p: EbpfPlan, record: dict) -> dict:
 
 
 def _pin(tx: Transaction, fd: int, path: str, record: dict) -> None:
+    record["pins"].append(path)
     tx.step(f"pin:{os.path.basename(path)}", lambda: pins.pin(fd, path),
             lambda _: os.unlink(path))
-    record["pins"].append(path)
 
 
 def _write_map(bpf, mw: MapWrite) -> None:
@@ -106,29 +110,31 @@ def _attach(tx: Transaction, bpf, fn, att: Attachment, record: dict, meta: dict)
     prog_id = record["prog_ids"][att.program]
     if att.hook == HOOK_CGROUP:
         kind = att.attach_type or 0  # the catalogue gives every cgroup program its attach type
-        tx.step(f"attach:{att.program}",
-                lambda: cgroup.attach(fn.fd, att.target, kind),
-                lambda _: cgroup.detach(fn.fd, att.target, kind))
         record["attachments"].append({
             "program": att.program, "cgroup_path": os.path.realpath(att.target),
             "attach_type": kind, "attach_type_name": ATTACH_TYPE_NAMES[kind],
             "prog_id": prog_id})
+        tx.step(f"attach:{att.program}",
+                lambda: cgroup.attach(fn.fd, att.target, kind),
+                lambda _: cgroup.detach(fn.fd, att.target, kind))
     elif att.hook == HOOK_SK_MSG:
         map_fd = _map_fd(bpf, SOCKHASH_MAP)
-        tx.step(f"attach:{att.program}",
-                lambda: libbpf.prog_attach(fn.fd, map_fd, ATTACH_SK_MSG_VERDICT, 0),
-                lambda _: libbpf.prog_detach(fn.fd, map_fd, ATTACH_SK_MSG_VERDICT))
         record["attachments"].append({"program": att.program, "map": SOCKHASH_MAP,
                                       "attach_type": ATTACH_SK_MSG_VERDICT,
                                       "attach_type_name": "sk_msg_verdict", "prog_id": prog_id})
+        tx.step(f"attach:{att.program}",
+                lambda: libbpf.prog_attach(fn.fd, map_fd, ATTACH_SK_MSG_VERDICT, 0),
+                lambda _: libbpf.prog_detach(fn.fd, map_fd, ATTACH_SK_MSG_VERDICT))
         meta["accel_attached"] = True
     else:
         if record["tc"] is None:
             index = tc.ifindex(att.target)
+            tc_record = {"iface": att.target, "ifindex": index, "clsact_created": not tc.has_clsact(index),
+                         "filters": []}
+            record["tc"] = tc_record
             created = tx.step("tc:qdisc", lambda: tc.add_clsact(index),
                               lambda made: tc.del_clsact(index) if made else None)
-            record["tc"] = {"iface": att.target, "ifindex": index, "clsact_created": created,
-                            "filters": []}
+            tc_record["clsact_created"] = created
             meta.update(tc_ifindex=index, tc_prio=tc.TC_PRIO, clsact_created=created)
         index = record["tc"]["ifindex"]
         flt = tx.step(f"tc:filter:{att.program}",

@@ -169,10 +169,10 @@ class EbpfEngine(RedirectEngine):
             tx.step("remove the previous eBPF install", lambda: self.uninstall(record, {"ebpf_bpffs_path": path},
                                                                                False, lambda _line: None))
 
-    def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None) -> dict:
+    def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None, record: dict) -> None:
         from . import engine as ebpf_engine
 
-        return ebpf_engine.apply(plan, tx)  # type: ignore[arg-type]
+        ebpf_engine.apply(plan, tx, record)  # type: ignore[arg-type]
 
     def installed_line(self, plan: EnginePlan, record: dict) -> str:
         s = plan.settings  # type: ignore[attr-defined]

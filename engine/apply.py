@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Callable
 
-from engine import passthrough, registry, state
+from engine import journal, passthrough, registry, state
 from engine.choice import choose
 from engine.config import Config
 from engine.contract import Check, Choice, RedirectEngine, Transaction, transaction
@@ -50,23 +50,75 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
         return
     digest = plan.digest()
     with state.locked(state_dir):
-        previous = state.load(state_dir)
+        previous = _previous_install(config, state_dir, say)
         mine = state.engine_part(previous, engine.name)
         if previous and mine is not None and previous.get("digest") == digest and not engine.status(mine)[2]:
             say("tpctl: already installed with this configuration; nothing changed")
             return
-        with transaction(say if config.verbose else (lambda _m: None)) as tx:
-            if previous is not None:
-                say("# replacing the previous tpctl install")
-            for each in registry.engines():
-                each.remove_previous(tx, config, state.engine_part(previous, each.name))
-            owns_passthrough = _passthrough(tx, 6 in choice.families, state.owns_passthrough(previous))
-            record = engine.apply(tx, config, plan, mine)
-            whole = state.install_record(engine.name, digest, choice.to_json(), config.as_dict(),
-                                         ipv6_passthrough_added=owns_passthrough, **{engine.name: record})
-            tx.step("record the install in the state file", lambda: state.save(state_dir, whole),
-                    lambda _r: state.save(state_dir, previous) if previous else state.forget(state_dir))
+        record: dict = {}  # the engine fills it in, each object before it exists
+        whole = state.install_record(engine.name, digest, choice.to_json(), config.as_dict(),
+                                     ipv6_passthrough_added=False, **{engine.name: record})
+        journaled = [r for r in (previous, whole) if r]
+
+        def journal_step(step: str) -> None:
+            journal.write(state_dir, False, step, journaled)
+
+        committed, tx = False, None
+        try:
+            with transaction(say if config.verbose else (lambda _m: None), journal=journal_step) as tx:
+                if previous is not None:
+                    say("# replacing the previous tpctl install")
+                for each in registry.engines():
+                    each.remove_previous(tx, config, state.engine_part(previous, each.name))
+                _passthrough(tx, 6 in choice.families, state.owns_passthrough(previous), whole)
+                engine.apply(tx, config, plan, mine, record)
+                tx.step("record the install in the state file", lambda: _commit(state_dir, whole),
+                        lambda _r: _uncommit(state_dir, previous))
+            committed = True
+        finally:
+            if not committed and tx is not None and tx.rolled_back_cleanly:  # the host is as before: so is the journal
+                _uncommit(state_dir, previous)
     say(engine.installed_line(plan, record))
+
+
+def _previous_install(config: Config, state_dir: str, say: Say) -> dict | None:
+    """The install this one replaces. An uncommitted journal (an install that crashed or was
+    killed) is undone first, with the install it was replacing; without a usable state file
+    the committed journal's record stands in."""
+    from engine import lifecycle
+
+    previous, problem = state.read(state_dir)
+    if problem:
+        say(f"# {problem}: removing what the journal, tags and pins show instead")
+    found, journal_problem = journal.read(state_dir)
+    if journal_problem:
+        say(f"# {journal_problem}: ignoring it (tags and pins still find tpctl's objects)")
+    if found is not None and not found.get("committed"):
+        say(f"# an earlier install stopped at step {found.get('step')!r} (journal): removing everything it "
+            "and the install before it made")
+        lifecycle.remove(lifecycle.records_of(previous, found), {"ebpf_bpffs_path": config.ebpf_bpffs_path},
+                         False, say)
+        state.forget(state_dir)
+        journal.remove(state_dir)
+        return None
+    if previous is None and found is not None:
+        return next(iter(journal.installs(found)[-1:]), None)
+    return previous
+
+
+def _commit(state_dir: str, whole: dict) -> None:
+    state.save(state_dir, whole)
+    journal.write(state_dir, True, None, [whole])  # the owner record, for when state.json is lost
+
+
+def _uncommit(state_dir: str, previous: dict | None) -> None:
+    """Back to the replaced install's record (or none): its objects are back in place."""
+    if previous:
+        state.save(state_dir, previous)
+        journal.write(state_dir, True, None, [previous])
+    else:
+        state.forget(state_dir)
+        journal.remove(state_dir)
 
 
 def _engine(choice: Choice) -> RedirectEngine:
@@ -75,13 +127,14 @@ def _engine(choice: Choice) -> RedirectEngine:
     return engine
 
 
-def _passthrough(tx: Transaction, wanted: bool, inherited: bool) -> bool:
-    """::6/128 on lo when IPv6 is redirected. A replaced install's address stays owned by the
+def _passthrough(tx: Transaction, wanted: bool, inherited: bool, whole: dict) -> None:
+    """::6/128 on lo when IPv6 is redirected, owned (whole["ipv6_passthrough_added"]) when this
+    install adds it, recorded before it exists. A replaced install's address stays owned by the
     new one (so uninstall still removes it); one the new install does not need is removed."""
     if wanted:
+        whole["ipv6_passthrough_added"] = inherited or not passthrough.present()
         added = tx.step(PASSTHROUGH_STEP, passthrough.add, lambda made: passthrough.remove() if made else None)
-        return bool(added) or inherited
-    if inherited:
+        whole["ipv6_passthrough_added"] = bool(added) or inherited
+    elif inherited:
         tx.step("remove ::6/128 from lo (the previous install added it)", passthrough.remove,
                 lambda _r: passthrough.add())
-    return False

@@ -137,8 +137,11 @@ class RedirectEngine(abc.ABC):
         or None: then what its tags and pins show) to the install's transaction."""
 
     @abc.abstractmethod
-    def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None) -> dict:
-        """Make the plan real as steps of tx; return the record. `previous` is this engine's
+    def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None, record: dict) -> None:
+        """Make the plan real as steps of tx, filling in `record` (JSON-able, this engine's part
+        of State) with each object *before* the kernel call that makes it: the transaction writes
+        it to the journal at each step and at tx.intend(), so this engine's uninstall(record)
+        removes whatever of it exists after a crash at any instant. `previous` is this engine's
         record of the install being replaced (what it owned and the new install keeps)."""
 
     @abc.abstractmethod

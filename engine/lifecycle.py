@@ -1,54 +1,93 @@
-"""uninstall and status over every registered engine: from State when there is one, and always
-by what each engine's tags and pins show."""
+"""uninstall and status over every registered engine: from State and the journal when there are
+any, and always by what each engine's tags and pins show."""
 from __future__ import annotations
 
+import os
 from typing import Callable
 
-from engine import passthrough, registry, state
+from engine import journal, passthrough, registry, state
 
 Say = Callable[[str], None]
 
 
-def uninstall(state_dir: str, options: dict, dry_run: bool, say: Say) -> list[str]:
-    """Remove what install made. `options`: uninstall's flags (ebpf_bpffs_path)."""
-    if dry_run:  # read only: not even the state directory is created
-        return _uninstall(state.load(state_dir), options, True, say)
-    with state.locked(state_dir):
-        removed = _uninstall(state.load(state_dir), options, False, say)
-        state.remove(state_dir)
-    return removed
+def records_of(record: dict | None, found_journal: dict | None) -> list[dict]:
+    """Every install record known: the state file's and the journal's (an interrupted install,
+    the one it replaced, or the owner record of a committed one), each once."""
+    out: list[dict] = []
+    for candidate in [*([record] if record else []), *journal.installs(found_journal)]:
+        if candidate and candidate not in out:
+            out.append(candidate)
+    return out
 
 
-def _uninstall(record: dict | None, options: dict, dry_run: bool, say: Say) -> list[str]:
-    if record is None:
-        say("# no state file: finding tpctl objects by their tags (TPCTL_ chains, tpctl/ comments, "
-            "pins under <bpffs>/tpctl)")
+def remove(records: list[dict], options: dict, dry_run: bool, say: Say) -> list[str]:
+    """Remove what these installs made, then whatever else the tags and pins show."""
     removed: list[str] = []
     for engine in registry.engines():
-        removed += engine.uninstall(state.engine_part(record, engine.name), options, dry_run, say)
-    if state.owns_passthrough(record):
+        parts: list[dict | None] = [p for p in (state.engine_part(r, engine.name) for r in records) if p is not None]
+        for part in parts or [None]:  # each engine's uninstall also removes what its tags show
+            removed += [line for line in engine.uninstall(part, options, dry_run, say) if line not in removed]
+    if any(state.owns_passthrough(r) for r in records) and passthrough.present():
         removed.append("lo: remove ::6/128")
         if not dry_run:
             passthrough.remove()
     return removed
 
 
+def uninstall(state_dir: str, options: dict, dry_run: bool, say: Say) -> list[str]:
+    """Remove what install made. `options`: uninstall's flags (ebpf_bpffs_path)."""
+    if dry_run:  # read only: not even the state directory is created
+        return remove(_known(state_dir, say), options, True, say)
+    with state.locked(state_dir):
+        removed = remove(_known(state_dir, say), options, False, say)
+        state.remove(state_dir)
+    return removed
+
+
+def _known(state_dir: str, say: Say) -> list[dict]:
+    record, problem = state.read(state_dir)
+    found, journal_problem = journal.read(state_dir)
+    for line in (problem, journal_problem):
+        if line:
+            say(f"# {line}: removing what the tags and pins show")
+    if record is None:
+        say("# no state file: finding tpctl objects by the journal and their tags (TPCTL_ chains, tpctl/ "
+            "comments, pins under <bpffs>/tpctl)" if found else
+            "# no state file: finding tpctl objects by their tags (TPCTL_ chains, tpctl/ comments, "
+            "pins under <bpffs>/tpctl)")
+    if found is not None and not found.get("committed"):
+        say(f"# an install stopped at step {found.get('step')!r}: removing what its journal names too")
+    return records_of(record, found)
+
+
 def status(state_dir: str, options: dict) -> tuple[dict, list[str]]:
     """What is installed and whether it drifted, as (the --json report, lines for people);
     `drift` non-empty means exit code 5."""
-    record = state.load(state_dir)
+    record, problem = state.read(state_dir)
+    found, journal_problem = journal.read(state_dir)
     report: dict = {"installed": record is not None, "state_dir": state_dir, "drift": []}
+    if problem or journal_problem:
+        report["drift"] += [f"{p} (fix: tpctl uninstall removes what the journal, tags and pins show)"
+                            for p in (problem, journal_problem) if p]
+    if found is not None and not found.get("committed"):
+        report["drift"].append(f"an install stopped at step {found.get('step')!r} ({os.path.join(state_dir, journal.NAME)}): "
+                               "tpctl uninstall removes what it made, tpctl install removes it and installs")
     if record is None:
-        found = [x for engine in registry.engines() for x in engine.leftovers(options)]
-        report["drift"] = [f"not installed (no state), but tpctl objects exist: {x}" for x in found]
+        found_objects = [x for engine in registry.engines() for x in engine.leftovers(options)]
+        owned = [r for r in journal.installs(found) if state.owns_passthrough(r)]
+        if owned and passthrough.present():
+            found_objects.append("::6/128 on lo (the journal says tpctl added it)")
+        report["drift"] += [f"not installed (no state), but tpctl objects exist: {x}" for x in found_objects]
         return report, []
     report.update({k: record.get(k) for k in ("engine", "installed_at", "choice", "config")})
     report["ipv6_passthrough_added"] = state.owns_passthrough(record)
     engine = registry.get(str(record.get("engine")))
     mine = state.engine_part(record, engine.name) if engine else None
     if engine is None or mine is None:
-        report["drift"] = [f"the state file in {state_dir} records engine {record.get('engine')!r} without its "
-                           f"part (engines here: {', '.join(registry.names())}); fix: tpctl uninstall"]
+        report["drift"].append(f"the state file in {state_dir} records engine {record.get('engine')!r}, which this "
+                               f"tpctl does not have ({', '.join(registry.names())}); fix: tpctl uninstall")
         return report, []
-    report[engine.name], lines, report["drift"] = engine.status(mine)
+    summary, lines, drift = engine.status(mine)
+    report[engine.name] = summary
+    report["drift"] += drift
     return report, lines

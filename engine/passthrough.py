@@ -11,6 +11,15 @@ ADDRESS = "::6"
 EADDRNOTAVAIL = 99
 
 
+def present() -> bool:
+    """Is ::6/128 on lo already (someone else's, or a replaced install's)?"""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname="lo")[0]
+        return any(a.get_attr("IFA_ADDRESS") == ADDRESS for a in ipr.get_addr(index=index, family=10))
+
+
 def add() -> bool:
     """Add ::6/128 to lo; return True when this call added it."""
     from pyroute2 import IPRoute

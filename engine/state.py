@@ -1,15 +1,17 @@
 """State: what install made, recorded atomically under a lock.
 
 The file (default /run/tpctl/state.json; TPCTL_STATE_DIR or --state-dir move it) is written
-to a temporary file and renamed, under flock, so a crash never leaves half a record and two
-tpctl processes never interleave. Uninstall and status read it; every object also carries an
-ownership tag, so both still work when the file is gone.
+to a temporary file, fsync'd and renamed, under flock, so a crash never leaves half a record and
+two tpctl processes never interleave. Uninstall and status read it; the journal beside it
+(engine/journal.py) and every object's ownership tag let both work when the file is gone or
+damaged.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
 import fcntl
+import glob
 import json
 import os
 import tempfile
@@ -18,6 +20,8 @@ from collections.abc import Iterator
 DEFAULT_DIR = "/run/tpctl"
 STATE_ENV = "TPCTL_STATE_DIR"
 VERSION = 1
+NAME = "state.json"
+TEMP_PREFIX = ".tmp."  # atomic writes in progress; one left behind is a crash's, removed next time
 
 
 def state_dir(explicit: str | None = None) -> str:
@@ -26,23 +30,51 @@ def state_dir(explicit: str | None = None) -> str:
 
 @contextlib.contextmanager
 def locked(directory: str) -> Iterator[None]:
-    """Hold the state lock for the whole install/uninstall."""
+    """Hold the state lock for the whole install/uninstall; temp files of a crashed write go."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
     with open(os.path.join(directory, "lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        for stale in glob.glob(os.path.join(directory, TEMP_PREFIX + "*")) + \
+                glob.glob(os.path.join(directory, ".state.*")):  # the prefix before 2026-12
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
         yield
 
 
-def load(directory: str) -> dict | None:
+def read_json(path: str, what: str) -> tuple[dict | None, str | None]:
+    """(record, None), (None, None) when there is no file, or (None, why it is unusable)."""
     try:
-        with open(os.path.join(directory, "state.json"), encoding="utf-8") as handle:
-            record = json.load(handle)
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
     except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return None  # unreadable: uninstall falls back to ownership tags
-    # a JSON array or scalar is as unreadable as garbage: uninstall falls back to the tags
-    return record if isinstance(record, dict) and record.get("version") == VERSION else None
+        return None, None
+    except OSError as err:
+        return None, f"the {what} {path} cannot be read ({err.strerror})"
+    try:
+        record = json.loads(text)
+    except ValueError as err:
+        return None, f"the {what} {path} is not JSON ({'empty' if not text.strip() else err})"
+    if not isinstance(record, dict):
+        return None, f"the {what} {path} holds a JSON {type(record).__name__}, not a record"
+    if record.get("version") != VERSION:
+        return None, f"the {what} {path} has version {record.get('version')!r}, this tpctl reads {VERSION}"
+    return record, None
+
+
+def read(directory: str) -> tuple[dict | None, str | None]:
+    """The state record, and why it is unusable when it is there but damaged."""
+    record, problem = read_json(os.path.join(directory, NAME), "state file")
+    if record is not None:
+        engine = record.get("engine")
+        if not isinstance(engine, str) or not isinstance(record.get(engine), dict):
+            return None, (f"the state file {os.path.join(directory, NAME)} names engine {engine!r} "
+                          "without that engine's record")
+    return record, problem
+
+
+def load(directory: str) -> dict | None:
+    """The state record; None when there is none or it is damaged (read() says why)."""
+    return read(directory)[0]
 
 
 def engine_part(record: dict | None, name: str) -> dict | None:
@@ -67,25 +99,35 @@ def install_record(engine: str, digest: str, choice: dict, config: dict, **engin
             **engine_parts}
 
 
-def save(directory: str, record: dict) -> None:
+def write_json(directory: str, name: str, record: dict) -> None:
+    """Atomically: a temp file, fsync'd, renamed over name, and the directory fsync'd."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state.")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump({**record, "version": VERSION}, handle, indent=2, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, os.path.join(directory, "state.json"))
+    os.replace(tmp, os.path.join(directory, name))
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save(directory: str, record: dict) -> None:
+    write_json(directory, NAME, record)
 
 
 def forget(directory: str) -> None:
     """Remove the record only (the caller holds the lock)."""
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(directory, "state.json"))
+        os.unlink(os.path.join(directory, NAME))
 
 
 def remove(directory: str) -> None:
-    """Forget the record, and the directory when nothing else is in it."""
-    for name in ("state.json", "lock"):
+    """Forget the record and the journal, and the directory when nothing else is in it."""
+    for name in (NAME, "journal.json", "lock"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, name))
     with contextlib.suppress(OSError):

@@ -54,14 +54,23 @@ class Step:
 class Transaction:
     """Done steps and their undos. Use it through transaction(); engines call step()."""
 
-    def __init__(self, log: Log = lambda _m: None) -> None:
+    def __init__(self, log: Log = lambda _m: None, journal: Callable[[str], None] | None = None) -> None:
         self.log = log
+        self._journal = journal  # writes what the install is about to make, durably (engine/journal.py)
         self.done: list[str] = []
         self.current: str | None = None  # the step running or last started: named in failures
         self._undos: list[tuple[str, Callable[[], Any]]] = []
         self._held: list[int] = []
         self._holding = False
         self._at_end: list[Callable[[], Any]] = []
+        self.rolled_back_cleanly = False  # set by transaction() after a rollback
+
+    def intend(self) -> None:
+        """Write the journal now: the caller has recorded the object it is about to make. Every
+        step also does this before it runs; a step that learns what it will make only inside
+        (an iptables apply: the rules and tables it adds) calls it right before the kernel call."""
+        if self._journal is not None:
+            self._journal(self.current or "")
 
     def at_end(self, action: Callable[[], Any]) -> None:
         """Run action when the transaction ends, kept or rolled back (e.g. close fds undos need)."""
@@ -71,6 +80,7 @@ class Transaction:
         """Run do(); record undo(result) before a held signal may end the install."""
         self.log(f"step: {name}")
         self.current = name
+        self.intend()
         self._holding = True
         try:
             result = do()
@@ -155,15 +165,18 @@ def _apply_failed(message: str, _notes: list[str]) -> Exception:
 
 @contextlib.contextmanager
 def transaction(log: Log = lambda _m: None, what: str = "install",
-                error: Callable[[str, list[str]], Exception] = _apply_failed) -> Iterator[Transaction]:
+                error: Callable[[str, list[str]], Exception] = _apply_failed,
+                journal: Callable[[str], None] | None = None) -> Iterator[Transaction]:
     """All or nothing: the body's steps stay only if the body ends normally. A failure raises
-    error(message, rollback notes) (ApplyFailed: exit 4)."""
-    tx = Transaction(log)
+    error(message, rollback notes) (ApplyFailed: exit 4). `journal(step)` is called before each
+    step and at each tx.intend()."""
+    tx = Transaction(log, journal)
     with _signals_to(tx):
         try:
             yield tx
         except BaseException as err:  # every failure, Ctrl-C and SIGTERM included, rolls back
             notes = tx.rollback()
+            tx.rolled_back_cleanly = all(n.startswith("undid ") for n in notes)
             if not isinstance(err, Exception):  # KeyboardInterrupt, SystemExit: rolled back, go on
                 raise
             tx._deliver_held()  # interrupted during the rollback: stop as asked, the host is restored

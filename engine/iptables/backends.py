@@ -71,6 +71,10 @@ class Backend:
         base chains), from the save texts before and after; None: this backend makes none."""
         return None
 
+    def scaffold_expected(self, before: str, tables: list[TablePlan]) -> dict | None:
+        """What applying `tables` will create besides our chains (recorded before it exists)."""
+        return None
+
     def remove_scaffold(self, family: int, created: dict | None, dry_run: bool = False, going=None) -> list[str]:
         """Remove what scaffold_created recorded, where it is empty again."""
         return []
@@ -91,6 +95,11 @@ class NftBackend(Backend):
         from engine.iptables import nft_scaffold
 
         return nft_scaffold.created(before, after, ours)
+
+    def scaffold_expected(self, before: str, tables: list[TablePlan]) -> dict | None:
+        from engine.iptables import nft_scaffold
+
+        return nft_scaffold.expected(before, tables)
 
     def remove_scaffold(self, family: int, created: dict | None, dry_run: bool = False, going=None) -> list[str]:
         from engine.iptables import nft_scaffold

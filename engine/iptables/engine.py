@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.contract import Choice, Config, EnginePlan
 from engine.iptables import live, nft_scaffold
@@ -11,7 +11,7 @@ from engine.iptables.backends import Backend, BackendError, make_backend
 from engine.iptables.builder import FamilyInputs, build_family
 from engine.iptables.rules import FamilyPlan
 from engine.probe import HostFacts
-from engine.transaction import Step
+from engine.transaction import Step, Transaction
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,12 @@ def parse_executables(text: str) -> dict[str, str]:
     return result
 
 
-@dataclass
-class InstallRecord:
-    """Filled in while the steps run; becomes the engine part of State."""
-
-    backend: str
-    applier: str
-    rules: dict[str, list[list[str]]] = field(default_factory=dict)  # family -> [table, chain, spec]
-    chains: dict[str, list[list[str]]] = field(default_factory=dict)  # family -> [table, chain]
-    # family -> the nf_tables tables and base chains our applies created (nft_scaffold)
-    nft_created: dict[str, dict] = field(default_factory=dict)
+def new_record(the_plan: IptablesPlan, nft_created: dict, firewalld: bool) -> dict:
+    """The engine part of State, filled in while the steps run (each object before it exists):
+    rules: family -> [[table, chain, spec]]; chains: family -> [[table, chain]];
+    nft_created: family -> the nf_tables tables and base chains our applies created (nft_scaffold)."""
+    return {"backend": the_plan.backend, "applier": the_plan.applier, "rules": {}, "chains": {},
+            "nft_created": nft_created, "firewalld": firewalld}
 
 
 def _retrying(action, retries: int, pause: float):
@@ -84,14 +80,14 @@ def _retrying(action, retries: int, pause: float):
             time.sleep(pause)
 
 
-def install_steps(config: Config, the_plan: IptablesPlan, record: InstallRecord) -> list[Step]:
+def install_steps(tx: Transaction, config: Config, the_plan: IptablesPlan, record: dict) -> list[Step]:
     """One step per apply unit (a table, or a family's tables at once) of the plan."""
     backend = make_backend(the_plan.backend, config.wait, parse_executables(config.iptables_executables),
                            the_plan.applier)
     steps: list[Step] = []
     for fam_plan in the_plan.families:
         for label, tables in backend.apply_units(fam_plan):
-            steps.append(_apply_step(config, backend, fam_plan.family, label, tables, record))
+            steps.append(_apply_step(tx, config, backend, fam_plan.family, label, tables, record))
     return steps
 
 
@@ -132,28 +128,41 @@ def _replace_previous(backend: Backend, family: int, owned: live.Owned) -> Step:
                 lambda: backend.restore(family, live.restore_script(owned)))
 
 
-def _apply_step(config: Config, backend: Backend, family: int, label: str, tables, record: InstallRecord) -> Step:
+def _apply_step(tx: Transaction, config: Config, backend: Backend, family: int, label: str, tables,
+                record: dict) -> Step:
     names = {t.name for t in tables}
+    fam = str(family)
+    ours = {(t.name, c) for t in tables for c in t.chains}
+    planned = {(t.name, r.chain, r.spec()) for t in tables for r in t.rules}
     before: dict = {}
 
     def do():
         before_text = backend.save(family)
         before["lines"] = _all_lines(live.parse_save(before_text), names)
+        rules = record["rules"].setdefault(fam, [])
+        chains = record["chains"].setdefault(fam, [])
+        prior_scaffold = record["nft_created"].get(fam)
+        # Recorded before the kernel call (the journal): the rules as rendered (their tags find
+        # them too), our chains, and the tables and base chains this apply will create.
+        rendered = [list(x) for x in sorted(planned) if list(x) not in rules]
+        rules.extend(rendered)
+        chains.extend([t, c] for t, c in sorted(ours) if [t, c] not in chains)
+        expected = backend.scaffold_expected(before_text, tables)
+        if expected is not None:
+            record["nft_created"][fam] = nft_scaffold.merge(prior_scaffold, expected)
+        tx.intend()
         _retrying(lambda: backend.apply_tables(family, tables), config.max_retries, config.sleep_between_retries)
         # Record what the kernel now reports, not what we rendered: status compares like with like.
         after_text = backend.save(family)
         added = _all_lines(live.parse_save(after_text), names) - before["lines"]
-        ours = {(t.name, c) for t in tables for c in t.chains}
-        record.rules.setdefault(str(family), []).extend([t, c, s] for t, c, s in sorted(added))
-        record.chains.setdefault(str(family), []).extend([t, c] for t, c in sorted(ours))
+        rules[:] = [r for r in rules if r not in rendered] + [[t, c, s] for t, c, s in sorted(added)]
         created = backend.scaffold_created(before_text, after_text, ours)
         if created is not None:
             before["created"] = created
-            record.nft_created[str(family)] = nft_scaffold.merge(record.nft_created.get(str(family)), created)
+            record["nft_created"][fam] = nft_scaffold.merge(prior_scaffold, created)
 
     def undo():
-        planned = {(t.name, r.chain, r.spec()) for t in tables for r in t.rules}
-        recorded = {tuple(x) for x in record.rules.get(str(family), [])} | planned
+        recorded = {tuple(x) for x in record["rules"].get(fam, [])} | planned
         owned = live.find_owned(live.parse_save(backend.save(family)), recorded, only_tables=names)
         backend.restore(family, live.removal_script(owned))
         # only what this step created: tables a replaced install created stay for its rules,

@@ -34,6 +34,15 @@ def created(before: str, after: str, ours: set[tuple[str, str]]) -> dict:
             "chains": sorted([t, c] for t, c in chains_after - chains_before - ours)}
 
 
+def expected(before: str, tables) -> dict:
+    """What applying these TablePlans will create: the tables not there yet and the base chains
+    our rules hook into that are not there yet (recorded before the apply; created() after)."""
+    tables_before, chains_before = scaffold(before)
+    base = {(t.name, r.chain) for t in tables for r in t.rules if r.chain not in t.chains}
+    return {"tables": sorted({t.name for t in tables} - tables_before),
+            "chains": sorted([t, c] for t, c in base - chains_before)}
+
+
 def merge(*records: dict | None) -> dict:
     tables, chains = set(), set()
     for record in records:

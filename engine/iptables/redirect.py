@@ -7,7 +7,7 @@ from engine import firewalld
 from engine.contract import Check, Choice, Config, EnginePlan, HostFacts, RedirectEngine, Say, Step, Transaction
 from engine.iptables import engine as iptables
 from engine.iptables import selection
-from engine.iptables.engine import InstallRecord, IptablesPlan
+from engine.iptables.engine import IptablesPlan
 
 
 class IptablesEngine(RedirectEngine):
@@ -42,16 +42,14 @@ class IptablesEngine(RedirectEngine):
     def remove_previous(self, tx: Transaction, config: Config, record: dict | None) -> None:
         tx.run(iptables.replace_steps(config.wait, iptables.recorded_lines(record)))
 
-    def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None) -> dict:
+    def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None, record: dict) -> None:
         assert isinstance(plan, IptablesPlan)
-        record = InstallRecord(plan.backend, plan.applier)
         # a replaced install's nf_tables scaffold stays ours to remove once empty
-        record.nft_created = dict((previous or {}).get("nft_created", {}))
-        tx.run(iptables.install_steps(config, plan, record))
+        record.update(iptables.new_record(plan, dict((previous or {}).get("nft_created", {})),
+                                          firewalld=config.store_firewalld))
+        tx.run(iptables.install_steps(tx, config, plan, record))
         if config.store_firewalld:
             tx.run([_firewalld_step(plan)])
-        return {"backend": record.backend, "applier": record.applier, "rules": record.rules, "chains": record.chains,
-                "nft_created": record.nft_created, "firewalld": config.store_firewalld}
 
     def installed_line(self, plan: EnginePlan, record: dict) -> str:
         assert isinstance(plan, IptablesPlan)

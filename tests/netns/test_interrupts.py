@@ -1,53 +1,32 @@
-"""SIGINT and SIGTERM inside each install step leave the host exactly as before.
+"""SIGINT, SIGTERM and SIGKILL inside each install step: the host ends exactly as before.
 
 The signal is sent by the process to itself inside the step, after the step's kernel call and
-before its undo is recorded (TPCTL_SIGNAL_IN_STEP): the moment a naive transaction leaks the
-object. The steps are the ones a verbose install names, so a new step is covered without
-editing this file. Compared: every iptables table of both backends and families, the nft
-ruleset, cgroup attachments, tc qdiscs and filters, the bpffs, lo's addresses, the state file.
+before its undo is recorded or the step is marked done (TPCTL_SIGNAL_IN_STEP): the moment a
+naive transaction leaks the object. SIGINT and SIGTERM must roll back in the process (exit 130,
+143); after SIGKILL only the journal is left, and `tpctl uninstall` or the next install must
+remove everything. The steps are the ones a verbose install names, so a new step is covered
+without editing this file. Compared (tests/netns/host_view.py): every iptables table of both
+backends and families, the nft ruleset, cgroup attachments, tc, the bpffs, lo's addresses,
+the state files.
+
+CI gives each step one signal, in turn, and compile and the state record all three; `make
+chaos` (TPCTL_EVERY_SIGNAL=1) every step all three.
 """
 from __future__ import annotations
 
 import os
 import re
+import signal
 
 import pytest
 
-from tests.netns.conftest import install, install_args, snapshot
+from tests.netns.conftest import add_foreign_rules, install, install_args
+from tests.netns.host_view import host_view
 
-EXIT = {"INT": 130, "TERM": 143}
-
-
-def host_view(sandbox) -> dict:
-    view = {f"iptables {k}": v for k, v in snapshot(sandbox).items()}
-    view["nft"] = nft_ruleset(sandbox.run(sandbox.app, ["nft", "list", "ruleset"]).stdout)
-    view["lo"] = sandbox.run(sandbox.app, ["ip", "addr", "show", "dev", "lo"]).stdout
-    view["tc qdisc"] = sandbox.run(sandbox.app, ["tc", "qdisc", "show", "dev", sandbox.app_if]).stdout
-    view["tc filters"] = "".join(sandbox.run(sandbox.app, ["tc", "filter", "show", "dev", sandbox.app_if, d]).stdout
-                                 for d in ("ingress", "egress"))
-    view["cgroup"] = sandbox.run(sandbox.app, ["bpftool", "cgroup", "show", sandbox.cgroup]).stdout
-    bpffs = os.path.join(sandbox.tmp, "bpffs")
-    view["bpffs"] = sorted(os.listdir(bpffs)) if os.path.isdir(bpffs) else None
-    view["mounted bpffs"] = sorted(line.split()[4] for line in open("/proc/self/mountinfo", encoding="utf-8")
-                                   if line.split()[4].startswith(sandbox.tmp))
-    view["state"] = os.path.exists(os.path.join(sandbox.state_dir, "state.json"))
-    return view
-
-
-def nft_ruleset(text: str) -> dict:
-    """`nft list ruleset` as {table: {chain: [lines]}}: the order of rules in a chain counts, the
-    order in which tables and chains are listed (their creation order) does not."""
-    tables: dict = {}
-    table = chain = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if raw.startswith("table "):
-            table = tables.setdefault(line.rstrip(" {"), {})
-        elif line.startswith("chain ") and table is not None:
-            chain = table.setdefault(line.rstrip(" {"), [])
-        elif line and line != "}" and chain is not None:
-            chain.append(line)
-    return tables
+EXIT = {"INT": 130, "TERM": 143, "KILL": -signal.SIGKILL}
+SIGNALS = ("INT", "TERM", "KILL")
+EVERY_SIGNAL = bool(os.environ.get("TPCTL_EVERY_SIGNAL"))
+ALWAYS_ALL = ("compile", "record the install in the state file")
 
 
 def steps_of(sandbox, args: list[str]) -> list[str]:
@@ -58,30 +37,48 @@ def steps_of(sandbox, args: list[str]) -> list[str]:
     return re.findall(r"^step: (.+)$", result.stderr, re.M)
 
 
-def signal_plan(steps: list[str]) -> list[tuple[str, str]]:
-    """(step, signal) pairs: the first step of each kind (compile, load:, pin:, map:, attach:,
-    tc:, ...) gets both signals, every other step of the kind one, alternating; of the many
-    alike load:, pin: and map: steps only the last besides. Both signals reach the same handler:
-    this keeps CI's cost at about one install per step."""
+def signal_plan(steps: list[str], every_signal: bool = EVERY_SIGNAL) -> list[tuple[str, str]]:
+    """(step, signal) pairs: each step one signal, INT, TERM and KILL in turn (a step named in
+    ALWAYS_ALL, or with every_signal any step, all three); of the many alike load:, pin: and
+    map: steps the first and the last."""
     kinds: dict[str, list[str]] = {}
     for step in steps:
         kinds.setdefault(step.split(":")[0], []).append(step)
-    plan = []
-    for kind, members in kinds.items():
-        if kind in ("load", "pin", "map") and len(members) > 2:
-            members = [members[0], members[-1]]
-        plan += [(members[0], "INT"), (members[0], "TERM")]
-        plan += [(step, ("TERM", "INT")[n % 2]) for n, step in enumerate(members[1:])]
+    chosen = {s for kind, members in kinds.items()
+              for s in (members if kind not in ("load", "pin", "map") or len(members) <= 2 else [members[0], members[-1]])}
+    plan: list[tuple[str, str]] = []
+    for step in (s for s in steps if s in chosen):
+        if every_signal or step in ALWAYS_ALL:
+            plan += [(step, sig) for sig in SIGNALS]
+        else:
+            plan.append((step, SIGNALS[len(plan) % len(SIGNALS)]))
     return plan
 
 
-def interrupted_installs_leave_nothing(sandbox, args: list[str], steps: list[str]) -> list[str]:
+def interrupted_installs_leave_nothing(sandbox, args: list[str], steps: list[str], reinstall=None) -> list[str]:
+    """`reinstall`: puts back the install `args` replaces (after a SIGKILL, recovery removes both)."""
     problems = []
     before = host_view(sandbox)
+    kills = 0
     for step, sig in signal_plan(steps):
         result = sandbox.tpctl(*args, env={"TPCTL_SIGNAL_IN_STEP": f"{step}:{sig}"})
-        if result.returncode != EXIT[sig] or "rolled back" not in result.stderr:
+        said = result.stderr + result.stdout
+        if result.returncode != EXIT[sig] or "Traceback" in said or (sig != "KILL" and "rolled back" not in said):
             problems.append(f"{step} SIG{sig}: exit {result.returncode}: {result.stderr[-300:]}")
+        if sig == "KILL":  # only the journal is left: the next install, or uninstall, cleans up
+            kills += 1
+            if kills % 2 == 0:
+                again = sandbox.tpctl(*args)
+                wanted = "already installed" if step == "record the install in the state file" else "stopped at step"
+                if again.returncode != 0 or wanted not in again.stderr or "Traceback" in again.stderr:
+                    problems.append(f"{step} SIGKILL, the next install: exit {again.returncode}: {again.stderr[-400:]}")
+            if reinstall is not None:  # a replacing install: the one it replaced is gone too; put it back
+                sandbox.tpctl("uninstall")
+                reinstall()
+            else:
+                cleaned = sandbox.tpctl("uninstall")
+                if cleaned.returncode != 0 or "Traceback" in cleaned.stderr:
+                    problems.append(f"{step} SIGKILL, uninstall: exit {cleaned.returncode}: {cleaned.stderr[-300:]}")
         after = host_view(sandbox)
         if after != before:
             changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
@@ -91,7 +88,8 @@ def interrupted_installs_leave_nothing(sandbox, args: list[str], steps: list[str
 
 
 @pytest.mark.parametrize("engine", ["iptables-nft", "iptables-legacy", "ebpf"])
-def test_sigint_and_sigterm_in_any_install_step_roll_everything_back(sandbox, engine):
+def test_signals_in_any_install_step_leave_the_host_as_before(sandbox, engine):
+    add_foreign_rules(sandbox)
     args = install_args(engine, sandbox)
     steps = steps_of(sandbox, args)
     assert "record the install in the state file" in steps and len(steps) >= 3, steps
@@ -111,5 +109,16 @@ def test_an_interrupted_replacing_install_puts_the_previous_rules_back(sandbox):
     steps = re.findall(r"^step: (.+)$", result.stderr, re.M)
     assert any(s.startswith("remove previous tpctl rules") for s in steps), steps
     install(sandbox, "iptables-nft")  # back to the first configuration, which the interrupts must keep
-    problems = interrupted_installs_leave_nothing(sandbox, args, steps)
+    problems = interrupted_installs_leave_nothing(sandbox, args, steps, lambda: install(sandbox, "iptables-nft"))
     assert not problems, "\n".join(problems)
+
+
+def test_the_signal_plan_gives_every_chosen_step_a_signal_and_every_signal_steps():
+    steps = ["add ::6", "mount-bpffs", "compile", *[f"load:p{i}" for i in range(5)], *[f"pin:m{i}" for i in range(9)],
+             "attach:a", "attach:b", "tc:qdisc", "record the install in the state file"]
+    plan = signal_plan(steps, every_signal=False)
+    assert {s for s, _ in plan} == set(steps) - {"load:p1", "load:p2", "load:p3", "pin:m1", "pin:m2", "pin:m3",
+                                                 "pin:m4", "pin:m5", "pin:m6", "pin:m7"}
+    assert {sig for s, sig in plan if s == "compile"} == set(SIGNALS)
+    assert {sig for _, sig in plan if _ not in ALWAYS_ALL} == set(SIGNALS)
+    assert len(signal_plan(steps, every_signal=True)) == 3 * len({s for s, _ in plan})

@@ -1,0 +1,47 @@
+"""The install journal: every object an install makes is written here before the kernel call
+that makes it.
+
+journal.json (beside state.json) holds {"committed": bool, "step": the step running,
+"installs": [state-shaped records]}: the install being replaced (until the new one commits) and
+the one in progress, whose engine record is filled in *before* each object exists (an
+attachment, a pin, a tc qdisc, a rule set with its texts, the nf_tables tables it will create,
+the bpffs it will mount, ::6/128). An uninstall of those records removes whatever of them exists,
+so a crash at any instant is undone by `tpctl uninstall` or by the next install (which removes
+everything an uncommitted journal names, then installs).
+
+Committed (the install finished), the journal stays: it is the owner record of what carries no
+tag (::6/128, the nf_tables tables and base chains, a mounted bpffs), so uninstall restores the
+host exactly when state.json is lost.
+"""
+from __future__ import annotations
+
+import os
+
+from engine import state
+
+NAME = "journal.json"
+
+
+def read(directory: str) -> tuple[dict | None, str | None]:
+    record, problem = state.read_json(os.path.join(directory, NAME), "journal")
+    if record is not None and not (isinstance(record.get("installs"), list)
+                                   and all(isinstance(i, dict) for i in record["installs"])):
+        return None, f"the journal {os.path.join(directory, NAME)} has no list of installs"
+    return record, problem
+
+
+def installs(record: dict | None) -> list[dict]:
+    """The state-shaped records the journal names (a damaged entry is skipped, never trusted)."""
+    return [i for i in (record or {}).get("installs", []) if isinstance(i, dict) and isinstance(i.get("engine"), str)
+            and isinstance(i.get(i["engine"]), dict)]
+
+
+def write(directory: str, committed: bool, step: str | None, records: list[dict]) -> None:
+    state.write_json(directory, NAME, {"committed": committed, "step": step, "installs": records})
+
+
+def remove(directory: str) -> None:
+    try:
+        os.unlink(os.path.join(directory, NAME))
+    except FileNotFoundError:
+        pass
