@@ -24,6 +24,18 @@ def _root_only():
         pytest.skip("needs root: the bench builds network namespaces and installs rules in them")
 
 
+# sk_msg acceleration has no backpressure: a bulk sender can get ENOMEM from write() once the
+# host's TCP memory is exhausted (README, "Benchmark"). The bench records it as the result of that
+# run; it is the one failure the accelerated case may have, and only for the bulk figures.
+ACCEL_FINDING = "Cannot allocate memory"
+
+
+def the_accel_finding(data: dict, case: str, figure: str) -> bool:
+    failures = (data["checks"].get(case, {}).get("iperf3_failures") or [""])[0] or ""
+    return (case == "ebpf" and figure in ("bulk_gbps", "cpu_s_per_gbyte") and bool(failures)
+            and all(ACCEL_FINDING in failure for failure in failures.split("; ")))
+
+
 def positive(values) -> bool:
     return len(values) == 1 and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
 
@@ -47,7 +59,8 @@ def test_every_case_scale_size_and_engine_produces_numbers(tmp_path):
     assert data["meta"]["cases"] == cases
     for case in cases:
         for figure in CASE_FIGURES:
-            assert positive(data["cases"][case].get(figure, [])), (case, figure, data["cases"][case])
+            assert positive(data["cases"][case].get(figure, [])) or the_accel_finding(data, case, figure), \
+                (case, figure, data["cases"][case], data["checks"].get(case))
     for engine in ENGINES:
         for figure in ("conn_rate", "install_s", "uninstall_s"):
             assert positive(data["scale"][engine]["10"].get(figure, [])), (engine, figure)
