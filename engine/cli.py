@@ -169,7 +169,12 @@ def _need_root(command: str) -> None:
               help="auto: eBPF where every check passes, else iptables")
 def demo(engine):
     """Run the redirect end to end in a throwaway sandbox and clean up after."""
-    from sandbox import demo as demo_module
+    try:
+        from sandbox import demo as demo_module
+    except ModuleNotFoundError as err:  # an installed wheel: the sandbox stays in the checkout
+        if err.name != "sandbox":
+            raise
+        raise ConfigError("the demo runs from a checkout: make demo") from None
 
     sys.exit(demo_module.run(engine, _show))
 

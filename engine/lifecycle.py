@@ -6,6 +6,7 @@ import os
 from typing import Callable
 
 from engine import journal, passthrough, registry, state
+from engine.transaction import signal_point
 
 Say = Callable[[str], None]
 
@@ -27,6 +28,7 @@ def remove(records: list[dict], options: dict, dry_run: bool, say: Say) -> list[
         parts: list[dict | None] = [p for p in (state.engine_part(r, engine.name) for r in records) if p is not None]
         for part in parts or [None]:  # each engine's uninstall also removes what its tags show
             removed += [line for line in engine.uninstall(part, options, dry_run, say) if line not in removed]
+        signal_point(f"uninstall:{engine.name}")  # for the tests: a kill -9 here, then uninstall again
     if any(state.owns_passthrough(r) for r in records) and passthrough.present():
         removed.append("lo: remove ::6/128")
         if not dry_run:

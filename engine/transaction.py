@@ -87,7 +87,7 @@ class Transaction:
             if undo is not None:
                 self._undos.append((name, lambda: undo(result)))
             self.done.append(name)
-            _signal_hook(name)
+            signal_point(name)
         finally:
             self._holding = False
         self._deliver_held()
@@ -140,7 +140,8 @@ def _raise_for(signum: int) -> None:
     raise KeyboardInterrupt()
 
 
-def _signal_hook(name: str) -> None:
+def signal_point(name: str) -> None:
+    """TPCTL_SIGNAL_IN_STEP names this point (a step, or uninstall's uninstall:<engine>): signal."""
     wanted, _, which = os.environ.get(SIGNAL_ENV, "").rpartition(":")
     if wanted == name:
         os.kill(os.getpid(), getattr(signal, f"SIG{which}"))

@@ -206,6 +206,11 @@ def uninstall(record: dict | None, wait: int = 5, dry_run: bool = False) -> list
     return report
 
 
+def remove_scaffold(wait: int, family: int, created: dict | None) -> list[str]:
+    """The nf_tables tables and base chains an install created, where they are empty."""
+    return make_backend("nft", wait).remove_scaffold(family, created)
+
+
 def drift(record: dict) -> list[str]:
     """Differences between what install recorded (its iptables record) and the kernel now."""
     backend = make_backend(record.get("backend", "nft"), 5)

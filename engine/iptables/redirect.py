@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from engine import firewalld
 from engine.contract import Check, Choice, Config, EnginePlan, HostFacts, RedirectEngine, Say, Step, Transaction
@@ -41,6 +42,12 @@ class IptablesEngine(RedirectEngine):
 
     def remove_previous(self, tx: Transaction, config: Config, record: dict | None) -> None:
         tx.run(iptables.replace_steps(config.wait, iptables.recorded_lines(record)))
+        # the nf_tables tables and base chains it created go too once empty, whatever engine comes
+        # next (an iptables install that needs them makes, and owns, them again). No undo: the
+        # replace steps' undo restores the rules, and iptables-nft-restore remakes the tables.
+        for family, created in sorted((record or {}).get("nft_created", {}).items()):
+            tx.step(f"remove the previous install's empty nf_tables tables (IPv{family})",
+                    functools.partial(iptables.remove_scaffold, config.wait, int(family), created))
 
     def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None, record: dict) -> None:
         assert isinstance(plan, IptablesPlan)

@@ -1,6 +1,6 @@
 """Property: whatever the configuration, whatever happens to the install (killed at a random
-step, run twice, its state file deleted or damaged), one `tpctl uninstall` leaves the app
-namespace exactly as before, and no command prints a traceback.
+step, run twice, its state file deleted or damaged, an uninstall killed half-way), `tpctl
+uninstall` leaves the app namespace exactly as before, and no command prints a traceback.
 
 Random valid configurations per engine come from hypothesis. CI runs a few examples
 (TPCTL_CHAOS_EXAMPLES, default 4); `make chaos` runs many more.
@@ -49,7 +49,8 @@ def scenarios(draw) -> dict:
             "flags": draw(configurations()),
             "kill_at": draw(st.none() | st.floats(min_value=0, max_value=1)),  # a share of the steps
             "twice": draw(st.booleans()),
-            "state": draw(st.sampled_from(["kept", "deleted", "damaged"]))}
+            "state": draw(st.sampled_from(["kept", "deleted", "damaged"])),
+            "kill_uninstall": draw(st.sampled_from([None, "uninstall:ebpf", "uninstall:iptables"]))}
 
 
 def _ok(result, *codes: int):
@@ -89,5 +90,7 @@ def test_uninstall_always_restores_the_host_exactly(foreign_sandbox, scenario):
         with open(path, "w", encoding="utf-8") as handle:
             handle.write('{"version": 1, "engine": "nft"')
     _ok(sandbox.tpctl("status", "--json"), 0, 5)
+    if scenario["kill_uninstall"]:  # killed half-way: the state file is still there for the next one
+        _ok(sandbox.tpctl("uninstall", env={"TPCTL_SIGNAL_IN_STEP": f"{scenario['kill_uninstall']}:KILL"}), -9)
     _ok(sandbox.tpctl("uninstall"), 0)
     assert host_view(sandbox) == before, scenario

@@ -79,3 +79,29 @@ def test_a_damaged_state_file_is_named_never_a_traceback_and_uninstall_still_cle
     uninstall = no_traceback(sandbox.tpctl("uninstall"))
     assert uninstall.returncode == 0 and path in uninstall.stderr, uninstall.stderr
     assert host_view(sandbox) == before
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_uninstall_killed_half_way_is_finished_by_the_next(sandbox, engine):
+    args = unmounted_bpffs_args(sandbox, install_args(engine, sandbox))
+    before = host_view(sandbox)
+    for point in ("uninstall:ebpf", "uninstall:iptables"):
+        assert no_traceback(sandbox.tpctl(*args)).returncode == 0
+        killed = sandbox.tpctl("uninstall", env={"TPCTL_SIGNAL_IN_STEP": f"{point}:KILL"})
+        assert killed.returncode == -9, killed.stderr
+        assert no_traceback(sandbox.tpctl("uninstall")).returncode == 0
+        assert host_view(sandbox) == before, point
+
+
+def test_switching_engines_leaves_nothing_of_the_first(sandbox):
+    """iptables-nft, then eBPF, then iptables-legacy: each replaces the last (the nf_tables tables
+    the first created included), and one uninstall leaves the host as before."""
+    installs = [(engine, unmounted_bpffs_args(sandbox, install_args(engine, sandbox)))
+                for engine in ("iptables-nft", "ebpf", "iptables-legacy", "iptables-nft")]
+    before = host_view(sandbox)  # with the sandbox's own bpffs, which install_args mounts, in it
+    for engine, args in installs:
+        assert no_traceback(sandbox.tpctl(*args)).returncode == 0
+        if engine == "ebpf":  # nothing of iptables-nft is left: not even the tables it created
+            assert host_view(sandbox)["nft"] == before["nft"]
+    assert no_traceback(sandbox.tpctl("uninstall")).returncode == 0
+    assert host_view(sandbox) == before

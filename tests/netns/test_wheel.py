@@ -61,3 +61,9 @@ def test_the_installed_tpctl_compiles_and_loads_its_programs_in_the_ebpf_checks(
     assert "every eBPF check passed" in result.stderr
     bpf_src = os.path.join(str(installed), "lib")
     assert f"# tpctl eBPF plan: sources {bpf_src}" in result.stdout  # the wheel's bpf_src, not the checkout's
+
+
+def test_the_installed_tpctl_demo_says_it_runs_from_a_checkout(installed):
+    result = subprocess.run([str(installed / "bin" / "tpctl"), "demo"], capture_output=True, text=True,
+                            cwd="/", timeout=60)
+    assert (result.returncode, result.stderr) == (2, "Error: the demo runs from a checkout: make demo\n"), result
