@@ -9,7 +9,7 @@ import click
 from click.core import ParameterSource
 
 from engine import config as config_module
-from engine import registry, state
+from engine import lifecycle, registry, state
 from engine.errors import ConfigError, DriftFound, Interrupted, Terminated
 from engine.options import INSTALL_OPTIONS, OptionSpec
 
@@ -104,8 +104,6 @@ def install(ctx, config_files, state_dir, **params):
 @state_dir_option
 def uninstall(dry_run, verbose, ebpf_bpffs_path, state_dir):
     """Remove exactly what install made, and nothing else."""
-    from engine import lifecycle
-
     _need_root("uninstall")
     removed = lifecycle.uninstall(state.state_dir(state_dir), {"ebpf_bpffs_path": ebpf_bpffs_path}, dry_run, _say)
     if dry_run or verbose:
@@ -121,7 +119,6 @@ def uninstall(dry_run, verbose, ebpf_bpffs_path, state_dir):
 @state_dir_option
 def status(as_json, ebpf_bpffs_path, state_dir):
     """Say what is installed and whether it drifted (exit code 5 when it did)."""
-    from engine import lifecycle
     from engine.probe import probe
 
     _need_root("status")
@@ -140,8 +137,8 @@ def status_text(report: dict, engine_lines: list[str]) -> str:
     if not report["installed"]:
         head = "tpctl: not installed"
         if report["drift"]:
-            head += f" (no state file in {report['state_dir']}), but tpctl objects are on this host:"
-        return "\n".join([head, *(f"  {d.split(': ', 1)[-1]}" for d in report["drift"])])
+            head += f" (no usable state file in {report['state_dir']}), but tpctl objects are on this host:"
+        return "\n".join([head, *(f"  {d.removeprefix(lifecycle.LEFTOVER)}" for d in report["drift"])])
     lines = [f"tpctl: installed, engine {report['engine']} (since {report['installed_at']})"]
     choice = report.get("choice") or {}
     for number, reason in enumerate(choice.get("reasons", [])):

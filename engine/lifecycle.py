@@ -9,6 +9,7 @@ from engine import journal, passthrough, registry, state
 from engine.transaction import signal_point
 
 Say = Callable[[str], None]
+LEFTOVER = "not installed (no state), but tpctl objects exist: "  # the drift line of each leftover
 
 
 def records_of(record: dict | None, found_journal: dict | None) -> list[dict]:
@@ -79,7 +80,7 @@ def status(state_dir: str, options: dict) -> tuple[dict, list[str]]:
         owned = [r for r in journal.installs(found) if state.owns_passthrough(r)]
         if owned and passthrough.present():
             found_objects.append("::6/128 on lo (the journal says tpctl added it)")
-        report["drift"] += [f"not installed (no state), but tpctl objects exist: {x}" for x in found_objects]
+        report["drift"] += [f"{LEFTOVER}{x}" for x in found_objects]
         return report, []
     report.update({k: record.get(k) for k in ("engine", "installed_at", "choice", "config")})
     report["ipv6_passthrough_added"] = state.owns_passthrough(record)

@@ -33,7 +33,7 @@ def test_status_without_state_finds_ebpf_programs_and_pins_and_exits_5(sandbox):
     os.unlink(os.path.join(sandbox.state_dir, "state.json"))
     result = sandbox.tpctl("status", "--ebpf-bpffs-path", sandbox.bpffs)
     assert result.returncode == 5, result.stdout + result.stderr
-    assert "tpctl: not installed (no state file in" in result.stdout
+    assert "tpctl: not installed (no usable state file in" in result.stdout
     assert "eBPF program tp_sock4_connect" in result.stdout and "attached to " + sandbox.cgroup in result.stdout
     assert f"pin {sandbox.bpffs}/tpctl/prog_tp_sock4_connect" in result.stdout
     report = json.loads(sandbox.tpctl("status", "--json", "--ebpf-bpffs-path", sandbox.bpffs).stdout)
