@@ -152,7 +152,8 @@ def _signals_to(tx: Transaction) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread can take signals: nothing to hold
         return
-    previous = {s: signal.signal(s, tx._on_signal) for s in HELD_SIGNALS}
+    # a signal the caller ignores (nohup, a service manager) stays ignored: it asked for no interrupt
+    previous = {s: signal.signal(s, tx._on_signal) for s in HELD_SIGNALS if signal.getsignal(s) != signal.SIG_IGN}
     try:
         yield
     finally:

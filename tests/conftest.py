@@ -6,13 +6,20 @@ Privileged tests skip without root (a developer laptop), but with TPCTL_NO_SKIP=
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
 
 def pytest_sessionstart(session):
     """As root the privileged tests run the sidecar as uid 5678 from this checkout: say at once,
-    with the fix, when that user cannot (a clone under /root), not as a port timeout per test."""
+    with the fix, when that user cannot (a clone under /root), not as a port timeout per test.
+
+    A suite started in the background (nohup, some CI runners) inherits SIGINT ignored, and so
+    would every tpctl it starts: the interrupt tests need a tpctl that Ctrl-C reaches, as from a
+    terminal. A handled signal is reset to its default in a child, an ignored one is not."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if os.geteuid() != 0:
         return
     from sandbox.netns import PROXY_UID, SandboxError, check_runs_as

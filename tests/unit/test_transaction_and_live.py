@@ -98,16 +98,42 @@ def test_a_signal_inside_a_step_waits_for_its_undo_then_rolls_everything_back(si
     steps = [Step("a", lambda: events.append("made a"), lambda: events.append("undo a")),
              Step("b", made_then_signalled, lambda: events.append("undo b")),
              Step("c", lambda: events.append("made c"), lambda: events.append("undo c"))]
-    with pytest.raises(raised):
-        transaction.run(steps)
-    assert events == ["made a", "made b", "b returns", "undo b", "undo a"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(getattr(signal, signame), signal.SIG_DFL if signame == "SIGTERM" else signal.default_int_handler)
+    try:
+        with pytest.raises(raised):
+            transaction.run(steps)
+        assert events == ["made a", "made b", "b returns", "undo b", "undo a"]
+        assert signal.getsignal(signal.SIGINT) in (signal.default_int_handler, before[signal.SIGINT])  # given back
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_a_signal_the_caller_ignores_stays_ignored():
+    """nohup and service managers ignore SIGINT: tpctl must not make itself interruptible by it."""
+    import os
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        events = []
+        transaction.run([Step("a", lambda: (events.append("a"), os.kill(os.getpid(), signal.SIGINT)), lambda: None)])
+        assert events == ["a"] and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_the_signal_hook_names_a_step_and_a_signal(monkeypatch):
+    import signal
+
     monkeypatch.setenv(transaction.SIGNAL_ENV, "b:TERM")
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as a shell starts tpctl (CI may differ)
     events = []
-    with pytest.raises(transaction.Terminated):
-        transaction.run([Step("a", lambda: events.append("a"), lambda: events.append("undo a")),
-                         Step("b", lambda: events.append("b"), lambda: events.append("undo b"))])
+    try:
+        with pytest.raises(transaction.Terminated):
+            transaction.run([Step("a", lambda: events.append("a"), lambda: events.append("undo a")),
+                             Step("b", lambda: events.append("b"), lambda: events.append("undo b"))])
+    finally:
+        signal.signal(signal.SIGTERM, before)
     assert events == ["a", "b", "undo b", "undo a"]
