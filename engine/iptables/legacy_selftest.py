@@ -14,6 +14,7 @@ in a worker process per family (libxtables serves one family per process). Run a
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from functools import lru_cache
@@ -62,12 +63,18 @@ def worker(family: int) -> int:
         try:
             to_iptc(rule, family)
         except Exception as err:  # python-iptables raises ValueError, XTablesError and others
-            print(f"{err} (in: {rule.save_line()})", file=sys.stderr)
+            print(f"{_plain(err)} (in: {rule.save_line()})", file=sys.stderr)
             return 1
     return 0
 
 
 @lru_cache(maxsize=1)
+def _plain(err: Exception) -> str:
+    """python-iptables words its errors with bytes reprs (b'udp': no such parameter b'sport'):
+    people read udp: no such parameter sport."""
+    return re.sub(r"""\bb(['"])(.*?)\1""", r"\2", str(err))
+
+
 def python_iptables_problem() -> str | None:
     """None when python-iptables builds every rule shape for both families, else why not."""
     procs = {family: subprocess.Popen([sys.executable, "-m", "engine.iptables.legacy_selftest", str(family)],

@@ -30,9 +30,10 @@ def host_view(sandbox) -> dict:
 def nft_ruleset(text: str) -> dict:
     """`nft list ruleset` as {table: {chain: [lines]}}: the order of rules in a chain counts, the
     order in which tables and chains are listed (their creation order) does not. nft prints an
-    xtables target (iptables-nft's REDIRECT) translated ("redirect to :15001") or not, depending
-    on which family's table was made first: that text is left out here; the iptables-nft-save
-    view above compares those rules exactly."""
+    xtables target (iptables-nft's REDIRECT) translated ("redirect to :15001"), as `xt target
+    "REDIRECT"` (nft 1.1, Debian 13) or not at all, depending on which family's table was made
+    first: that text is left out here; the iptables-nft-save view above compares those rules
+    exactly."""
     tables: dict = {}
     table = chain = None
     for raw in text.splitlines():
@@ -42,5 +43,5 @@ def nft_ruleset(text: str) -> dict:
         elif line.startswith("chain ") and table is not None:
             chain = table.setdefault(line.rstrip(" {"), [])
         elif line and line != "}" and chain is not None:
-            chain.append(re.sub(r"\s*redirect to :\d+$", "", line))
+            chain.append(re.sub(r'\s*(redirect to :\d+|xt target "?\w+"?)$', "", line))
     return tables

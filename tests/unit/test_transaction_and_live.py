@@ -137,3 +137,10 @@ def test_the_signal_hook_names_a_step_and_a_signal(monkeypatch):
     finally:
         signal.signal(signal.SIGTERM, before)
     assert events == ["a", "b", "undo b", "undo a"]
+
+
+def test_python_iptables_errors_read_without_bytes_reprs():
+    from engine.iptables.legacy_selftest import _plain
+
+    err = ValueError("b'udp': no such parameter b'sport'")
+    assert _plain(err) == "udp: no such parameter sport"
