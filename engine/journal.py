@@ -32,8 +32,7 @@ def read(directory: str) -> tuple[dict | None, str | None]:
 
 def installs(record: dict | None) -> list[dict]:
     """The state-shaped records the journal names (a damaged entry is skipped, never trusted)."""
-    return [i for i in (record or {}).get("installs", []) if isinstance(i, dict) and isinstance(i.get("engine"), str)
-            and isinstance(i.get(i["engine"]), dict)]
+    return [i for i in (record or {}).get("installs", []) if state.is_install_record(i)]
 
 
 def write(directory: str, committed: bool, step: str | None, records: list[dict]) -> None:

@@ -64,12 +64,17 @@ def read_json(path: str, what: str) -> tuple[dict | None, str | None]:
 def read(directory: str) -> tuple[dict | None, str | None]:
     """The state record, and why it is unusable when it is there but damaged."""
     record, problem = read_json(os.path.join(directory, NAME), "state file")
-    if record is not None:
-        engine = record.get("engine")
-        if not isinstance(engine, str) or not isinstance(record.get(engine), dict):
-            return None, (f"the state file {os.path.join(directory, NAME)} names engine {engine!r} "
-                          "without that engine's record")
+    if record is not None and not is_install_record(record):
+        return None, (f"the state file {os.path.join(directory, NAME)} names engine {record.get('engine')!r} "
+                      "without that engine's record")
     return record, problem
+
+
+def is_install_record(record: object) -> bool:
+    """An install record names its engine and holds that engine's part (the state file's and
+    each of the journal's)."""
+    return isinstance(record, dict) and isinstance(record.get("engine"), str) and \
+        isinstance(record.get(record["engine"]), dict)
 
 
 def load(directory: str) -> dict | None:
