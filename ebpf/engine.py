@@ -42,9 +42,11 @@ def apply(p: EbpfPlan, tx: Transaction | None = None, record: dict | None = None
     s = p.settings
     if pins.list_pins(s.bpffs_path):
         raise EbpfApplyError(f"already installed: {p.pin_dir} holds pins (uninstall first)", [])
+    from .reconfigure import layout_key
+
     record.update({"engine": "ebpf", "bpffs_path": s.bpffs_path, "pin_dir": p.pin_dir,
                    "prog_ids": {}, "pins": [], "attachments": [], "maps": list(MAPS),
-                   "tc": None, "skipped": []})
+                   "tc": None, "skipped": [], "layout": layout_key(p)})
     # every kernel call below is a step of tx, with its undo, and is in the record before it runs
     record["bpffs_mounted_by_us"] = not pins.is_bpffs(s.bpffs_path)
     record["bpffs_mounted_by_us"] = tx.step(

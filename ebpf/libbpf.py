@@ -33,6 +33,7 @@ def _lib() -> ct.CDLL:
         "bpf_map_lookup_elem": (ct.c_int, [ct.c_int, ct.c_void_p, ct.c_void_p]),
         "bpf_map_update_elem": (ct.c_int, [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]),
         "bpf_map_get_next_key": (ct.c_int, [ct.c_int, ct.c_void_p, ct.c_void_p]),
+        "bpf_map_delete_elem": (ct.c_int, [ct.c_int, ct.c_void_p]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -112,6 +113,17 @@ def map_lookup(fd: int, key: ct.Structure | ct._SimpleCData, value) -> bool:
 def map_update(fd: int, key, value, flags: int = BPF_ANY) -> None:
     _check(_lib().bpf_map_update_elem(fd, ct.byref(key), ct.byref(value), flags),
            "bpf_map_update_elem")
+
+
+def map_delete(fd: int, key) -> bool:
+    """False when the key was not there (a reconfiguration's undo may meet either)."""
+    ret = _lib().bpf_map_delete_elem(fd, ct.byref(key))
+    if ret < 0:
+        err = -ret if ret != -1 else ct.get_errno()
+        if err == errno_mod.ENOENT:
+            return False
+        _check(ret, "bpf_map_delete_elem")
+    return True
 
 
 def map_next_key(fd: int, key, next_key) -> bool:

@@ -179,6 +179,9 @@ class TypedMap:
     def put(self, key: Any, value: Any) -> None:
         libbpf.map_update(self.fd, self.layout.encode_key(key), self.layout.encode_value(value))
 
+    def delete(self, key: Any) -> bool:
+        return libbpf.map_delete(self.fd, self.layout.encode_key(key))
+
     def get(self, key: Any) -> Any | None:
         value = self.layout.value_type()
         if not libbpf.map_lookup(self.fd, self.layout.encode_key(key), value):

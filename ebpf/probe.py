@@ -185,7 +185,43 @@ def llvm_version() -> str:
     return found.group(1) if found else "linked statically"
 
 
-def feature_checks(settings=None) -> list:
+def _memo_key(source: str, accel: bool, settings) -> str | None:
+    """What decides the compile and load checks: the text BCC compiles, which programs load,
+    BCC, its LLVM, the kernel build and the headers it compiles against."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from .compile import amalgamate
+
+    try:
+        text = amalgamate(source, sources_for(accel))
+        headers = find_kernel_headers()
+        with open("/proc/sys/kernel/version", encoding="utf-8") as handle:
+            build = handle.read().strip()
+    except (EbpfCompileError, HeadersNotFound, OSError):
+        return None
+    identity = {"source": hashlib.sha256(text.encode()).hexdigest(), "accel": accel,
+                "programs": [p.name for p in PROGRAMS if settings is not None and wanted(p, settings)],
+                "bcc": bcc_version(), "llvm": llvm_version(), "kernel": [platform.release(), build],
+                "headers": dataclasses.asdict(headers)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _remembered(memo, key: str | None) -> list[Check] | None:
+    found = memo.get("ebpf", key) if memo is not None and key else None
+    if not isinstance(found, list):
+        return None
+    try:
+        return [Check(**{**c, "detail": c["detail"] + " (known from an earlier run with the same source, BCC, "
+                                                       "LLVM and kernel)"}) for c in found]
+    except (TypeError, KeyError):
+        return None
+
+
+def feature_checks(settings=None, memo=None) -> list:
+    """`memo` (engine.memo.Memo): passed compile and load checks are kept there and reused
+    while the programs' source, BCC, LLVM and kernel stay the same."""
     cg = getattr(settings, "cgroup_path", None)
     bpffs = getattr(settings, "bpffs_path", None)
     source = getattr(settings, "programs_source_path", None) or DEFAULT_SOURCE_PATH
@@ -197,11 +233,20 @@ def feature_checks(settings=None) -> list:
         types = check_program_types()
         checks.extend(types)
         if bcc.ok and headers.ok:  # without either, a compile would only repeat their failure
+            key = _memo_key(source, accel, settings) if settings is not None else None
+            known = _remembered(memo, key)
+            if known is not None:
+                return checks + known
             compiled = check_compile(source, accel)
             checks.append(compiled)
             # a program type the kernel lacks already failed above: loading would say it again
             if compiled.ok and settings is not None and all(t.ok for t in types if t.required):
-                checks.extend(check_load(settings))
+                loaded = check_load(settings)
+                checks.extend(loaded)
+                if key and memo is not None and all(c.ok for c in loaded):
+                    import dataclasses
+
+                    memo.put("ebpf", key, [dataclasses.asdict(c) for c in (compiled, *loaded)])
     else:
         checks.append(Check("prog-types", False, "program type probes need root", "run as root"))
     return checks

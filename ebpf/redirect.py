@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 
 from engine.contract import (
+    NONE,
     Check,
     Choice,
     Config,
     EnginePlan,
     HostFacts,
+    Memo,
     RedirectEngine,
     Say,
     Transaction,
@@ -113,7 +115,7 @@ class EbpfEngine(RedirectEngine):
             self._planned = last = (config, facts, fams, settings, result)
         return last[3], last[4]
 
-    def checks(self, config: Config, facts: HostFacts) -> list[Check]:
+    def checks(self, config: Config, facts: HostFacts, memo: Memo = NONE) -> list[Check]:
         """Real feature probes (memoised in the ebpf package) plus what the flags ask for."""
         try:
             from .plan import EbpfPlanError
@@ -146,7 +148,7 @@ class EbpfEngine(RedirectEngine):
         if config.ebpf_programs_source_path and not os.path.isdir(config.ebpf_programs_source_path):
             result.append(Check("programs source", False, f"{config.ebpf_programs_source_path} is not a directory",
                                 "point --ebpf-programs-source-path at a bpf_src directory"))
-        return result + list(feature_checks(settings))
+        return result + list(feature_checks(settings, memo))
 
     def plan(self, config: Config, facts: HostFacts, choice: Choice) -> EnginePlan:
         from .errors import EbpfError
@@ -162,16 +164,25 @@ class EbpfEngine(RedirectEngine):
                 for flag, why in NO_EFFECT.items() if getattr(config, flag)]
 
     def remove_previous(self, tx: Transaction, config: Config, record: dict | None) -> None:
-        """An earlier eBPF install (recorded, or pinned under this bpffs) is removed first; its
-        programs cannot be put back, so this step has no undo (a failure later leaves no eBPF)."""
+        """Another engine redirects now: an earlier eBPF install (recorded, or pinned under this
+        bpffs) goes. Its programs cannot be put back, so this step has no undo; the pipeline
+        runs it after the new engine's steps, with only the state record after it."""
         path = (record or {}).get("bpffs_path") or config.ebpf_bpffs_path
         if record or os.path.isdir(os.path.join(path, "tpctl")):
             tx.step("remove the previous eBPF install", lambda: self.uninstall(record, {"ebpf_bpffs_path": path},
                                                                                False, lambda _line: None))
 
     def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None, record: dict) -> None:
+        """Over an eBPF install whose programs are attached as this plan wants them, only the maps
+        change (reconfigure.py): nothing detached, nothing compiled. Otherwise the earlier
+        install goes first and everything is made anew."""
         from . import engine as ebpf_engine
+        from .reconfigure import layout_key, update_maps
 
+        if previous and previous.get("layout") == layout_key(plan) and not self.status(previous)[2]:  # type: ignore[arg-type]
+            update_maps(plan, tx, previous, record)  # type: ignore[arg-type]
+            return
+        self.remove_previous(tx, config, previous)
         ebpf_engine.apply(plan, tx, record)  # type: ignore[arg-type]
 
     def installed_line(self, plan: EnginePlan, record: dict) -> str:

@@ -1,6 +1,8 @@
 """install, the one pipeline: probe once -> choose -> plan once -> dry run, or under the state
-lock one transaction: remove the previous install, the ::6 passthrough, the engine's steps, the
-state record. Engines are reached only through engine.registry and engine.contract."""
+lock one transaction: the ::6 passthrough, the chosen engine's steps (which replace its own
+previous install in place), then every other engine's previous install removed (new before old:
+no connection goes around the sidecar while engines switch), the state record. Engines are
+reached only through engine.registry and engine.contract."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,20 +12,22 @@ from engine import journal, passthrough, registry, state
 from engine.choice import choose
 from engine.config import Config
 from engine.contract import Check, Choice, RedirectEngine, Transaction, transaction
+from engine.memo import NONE, Memo
 from engine.probe import HostFacts, probe
 
 Say = Callable[[str], None]
 PASSTHROUGH_STEP = "add ::6/128 to lo (IPv6 inbound passthrough source)"
 
 
-def decide(config: Config) -> tuple[HostFacts, Choice]:
-    """HostFacts once, each requested engine's checks once (only as far as the choice needs)."""
+def decide(config: Config, memo: Memo = NONE) -> tuple[HostFacts, Choice]:
+    """HostFacts once, each requested engine's checks once (only as far as the choice needs);
+    `memo` keeps passed expensive checks between runs."""
     facts = probe(config.resolv_conf)
     judged: dict[str, Sequence[Check]] = {}
 
     def checks_of(engine: RedirectEngine) -> Sequence[Check]:
         if engine.name not in judged:
-            judged[engine.name] = engine.checks(config, facts)
+            judged[engine.name] = engine.checks(config, facts, memo)
         return judged[engine.name]
 
     choice = choose(config, facts, checks_of)
@@ -36,7 +40,7 @@ def decide(config: Config) -> tuple[HostFacts, Choice]:
 
 def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
     """`say` is for progress and notes (stderr), `show` for the dry-run plan (stdout)."""
-    facts, choice = decide(config)
+    facts, choice = decide(config, Memo(state_dir, writable=not config.dry_run))
     for reason in choice.reasons:
         say(f"# {reason}")
     engine = _engine(choice)
@@ -68,10 +72,14 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
             with transaction(say if config.verbose else (lambda _m: None), journal=journal_step) as tx:
                 if previous is not None:
                     say("# replacing the previous tpctl install")
-                for each in registry.engines():
-                    each.remove_previous(tx, config, state.engine_part(previous, each.name))
                 _passthrough(tx, 6 in choice.families, state.owns_passthrough(previous), whole)
                 engine.apply(tx, config, plan, mine, record)
+                # the other engines' objects go once the new install redirects (each engine leaves
+                # the others' redirect target, 127.0.0.1:15001, alone, so the overlap is safe)
+                for each in registry.engines():
+                    if each is not engine:
+                        each.remove_previous(tx, config, state.engine_part(previous, each.name))
+                _passthrough_gone(tx, 6 in choice.families, state.owns_passthrough(previous))
                 tx.step("record the install in the state file", lambda: _commit(state_dir, whole),
                         lambda _r: _uncommit(state_dir, previous))
             committed = True
@@ -130,11 +138,15 @@ def _engine(choice: Choice) -> RedirectEngine:
 def _passthrough(tx: Transaction, wanted: bool, inherited: bool, whole: dict) -> None:
     """::6/128 on lo when IPv6 is redirected, owned (whole["ipv6_passthrough_added"]) when this
     install adds it, recorded before it exists. A replaced install's address stays owned by the
-    new one (so uninstall still removes it); one the new install does not need is removed."""
+    new one (so uninstall still removes it)."""
     if wanted:
         whole["ipv6_passthrough_added"] = inherited or not passthrough.present()
         added = tx.step(PASSTHROUGH_STEP, passthrough.add, lambda made: passthrough.remove() if made else None)
         whole["ipv6_passthrough_added"] = bool(added) or inherited
-    elif inherited:
+
+
+def _passthrough_gone(tx: Transaction, wanted: bool, inherited: bool) -> None:
+    """A replaced install's ::6 that the new install does not need goes, after its rules."""
+    if not wanted and inherited:
         tx.step("remove ::6/128 from lo (the previous install added it)", passthrough.remove,
                 lambda _r: passthrough.add())

@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from engine.config import Config, defaults
+from engine.memo import NONE, Memo
 from engine.probe import HostFacts, kernel_version, mounts, mounts_of_type
 from engine.transaction import InjectedFault, Step, Transaction, transaction
 
 Say = Callable[[str], None]
 
-__all__ = ["Check", "Choice", "Config", "EnginePlan", "HostFacts", "InjectedFault", "RedirectEngine",
+__all__ = ["Check", "Choice", "Config", "EnginePlan", "HostFacts", "InjectedFault", "Memo", "NONE", "RedirectEngine",
            "Say", "Step", "Transaction", "default_of", "families", "kernel_version", "mounts", "mounts_of_type", "transaction"]
 
 
@@ -103,8 +104,9 @@ class RedirectEngine(abc.ABC):
         """Checks from HostFacts alone (pure): what a choice without probing can know."""
         return []
 
-    def checks(self, config: Config, facts: HostFacts) -> list[Check]:
-        """Every check, probing the kernel where the engine needs it (memoised by the engine)."""
+    def checks(self, config: Config, facts: HostFacts, memo: Memo = NONE) -> list[Check]:
+        """Every check, probing the kernel where the engine needs it. `memo` keeps passed
+        expensive checks between runs (engine/memo.py), keyed by what decides them."""
         return self.base_checks(config, facts)
 
     def choose(self, config: Config, facts: HostFacts) -> tuple[dict, list[str]]:

@@ -19,7 +19,7 @@ import os
 
 from engine import state
 
-NAME = "journal.json"
+NAME = state.JOURNAL_NAME
 
 
 def read(directory: str) -> tuple[dict | None, str | None]:

@@ -21,6 +21,8 @@ DEFAULT_DIR = "/run/tpctl"
 STATE_ENV = "TPCTL_STATE_DIR"
 VERSION = 1
 NAME = "state.json"
+JOURNAL_NAME = "journal.json"  # engine/journal.py
+MEMO_NAME = "checks.json"  # engine/memo.py
 TEMP_PREFIX = ".tmp."  # atomic writes in progress; one left behind is a crash's, removed next time
 
 
@@ -132,7 +134,7 @@ def forget(directory: str) -> None:
 
 def remove(directory: str) -> None:
     """Forget the record and the journal, and the directory when nothing else is in it."""
-    for name in (NAME, "journal.json", "lock"):
+    for name in (NAME, JOURNAL_NAME, MEMO_NAME, "lock"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, name))
     with contextlib.suppress(OSError):

@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import socket
 import struct
 import threading
+import time
 
 from sandbox.sidecar import dns_answer, listen_tcp
 
@@ -134,6 +136,35 @@ def dns_query(server: str, name: str, connect: bool = False) -> dict:
     return {"reply_from": f"{source[0]}:{source[1]}", "answer": socket.inet_ntoa(reply[-4:])}
 
 
+def flow(host: str, port: int, stop_file: str, seconds: float, count: int, interval: float) -> dict:
+    """One connection after another to a greeter until `stop_file` exists (or `seconds` or
+    `count` run out: bounded either way), each classified by the greeter's answer: its peer is
+    our own address and port when the connection went around the sidecar, the sidecar's when it
+    went through. Prints "started" once the first connection is answered. `interval` paces the
+    connections (a new one at most every `interval` seconds)."""
+    result = {"ok": 0, "bypassed": 0, "failed": 0, "errors": []}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and sum(result[k] for k in ("ok", "bypassed", "failed")) < count \
+            and not os.path.exists(stop_file):
+        try:
+            with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+                local = sock.getsockname()
+                reply = sock.makefile().readline().split()
+            peer = reply[-1].rsplit(":", 1) if len(reply) == 5 and reply[0] == "hello" else None
+            if peer is None:
+                raise OSError(f"no greeting: {' '.join(reply)!r}")
+            kind = "bypassed" if (peer[0], int(peer[1])) == (local[0], local[1]) else "ok"
+        except OSError as err:
+            kind = "failed"
+            if len(result["errors"]) < 5:
+                result["errors"].append(str(err))
+        result[kind] += 1
+        if result["ok"] + result["bypassed"] == 1 and kind != "failed":
+            print("started", flush=True)
+        time.sleep(interval)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="what", required=True)
@@ -153,6 +184,13 @@ def main() -> None:
     fire = sub.add_parser("hit")
     fire.add_argument("host")
     fire.add_argument("port", type=int)
+    stream = sub.add_parser("flow")
+    stream.add_argument("host")
+    stream.add_argument("port", type=int)
+    stream.add_argument("--stop-file", required=True)
+    stream.add_argument("--seconds", type=float, default=30)
+    stream.add_argument("--count", type=int, default=5000)
+    stream.add_argument("--interval", type=float, default=0.002)
     query = sub.add_parser("dns")
     query.add_argument("server")
     query.add_argument("name")
@@ -160,6 +198,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "greeter":
         greeter(args.port)
+    elif args.what == "flow":
+        print(json.dumps(flow(args.host, args.port, args.stop_file, args.seconds, args.count, args.interval)), flush=True)
     elif args.what == "dns-server":
         dns_server(args.port, args.answer)
     elif args.what == "sink":

@@ -1,9 +1,12 @@
 """The two places iptables rules can live: legacy x_tables and nf_tables.
 
 Both read with their own *-save and delete with their own *-restore --noflush (text, so one
-removal path serves both). They differ in how a plan is applied: legacy through python-iptables,
-one commit per table; nf_tables through iptables-nft-restore --noflush, one atomic transaction
-per family.
+removal path serves both). They differ in how a plan is applied: legacy through python-iptables
+(or iptables-legacy-restore), nf_tables through iptables-nft-restore --noflush. Both commit one
+table at a time (iptables-nft-restore too sends each COMMIT as its own nf_tables transaction),
+so a table is the unit of every install step. Applying is always a swap: the objects of an
+earlier install in a table go in the same commit that adds the new ones (live.swap_script), so a
+reinstall never leaves an instant with neither.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from engine.iptables import live
 from engine.iptables.rules import COMMENT_PREFIX, FamilyPlan, Rule, TablePlan, table_to_json
 from engine.iptables.selection import LEGACY_RESTORE
 from engine.timeouts import bound
@@ -59,12 +63,17 @@ class Backend:
         if result.returncode != 0:
             raise BackendError(f"{' '.join(command)} failed: {result.stderr.strip()}\ninput was:\n{script}")
 
-    def apply_tables(self, family: int, tables: list[TablePlan]) -> None:
-        raise NotImplementedError
+    def swap_tables(self, family: int, tables: list[TablePlan], going: live.Owned,
+                    recorded: frozenset = frozenset()) -> live.Owned:
+        """Replace our objects `going` (found in a save just before) by `tables`, one atomic
+        commit per table (per family for nf_tables). Returns what was replaced, for the undo.
+        `recorded`: the earlier install's rule texts (finds untagged rules under a lock)."""
+        self.restore(family, live.swap_script(going, plan_coming(tables)))
+        return going
 
     def apply_units(self, plan: FamilyPlan) -> list[tuple[str, list[TablePlan]]]:
-        """How a family plan is split into atomic steps: (step label, tables in it)."""
-        raise NotImplementedError
+        """How a family plan is split into atomic steps: (step label, tables in it), a table each."""
+        return [(f"iptables-{self.name} {plan.label} {t.name}", [t]) for t in plan.tables]
 
     def scaffold_created(self, before: str, after: str, ours: set[tuple[str, str]]) -> dict | None:
         """What an apply made besides our chains that uninstall must remove once empty (tables,
@@ -82,13 +91,6 @@ class Backend:
 
 class NftBackend(Backend):
     name = "nft"
-
-    def apply_units(self, plan: FamilyPlan) -> list[tuple[str, list[TablePlan]]]:
-        # iptables-nft-restore commits one nf_tables transaction: the family is all-or-nothing.
-        return [(f"iptables-nft {plan.label}", list(plan.tables))]
-
-    def apply_tables(self, family: int, tables: list[TablePlan]) -> None:
-        self.restore(family, "".join(t.restore_text() for t in tables))
 
     # iptables-nft creates a table and its base chains on first use (nft_scaffold.py)
     def scaffold_created(self, before: str, after: str, ours: set[tuple[str, str]]) -> dict | None:
@@ -110,49 +112,74 @@ class NftBackend(Backend):
 class LegacyBackend(Backend):
     name = "legacy"
 
-    def apply_units(self, plan: FamilyPlan) -> list[tuple[str, list[TablePlan]]]:
-        return [(f"iptables-legacy {plan.label} {t.name}", [t]) for t in plan.tables]
-
-    def apply_tables(self, family: int, tables: list[TablePlan]) -> None:
+    def swap_tables(self, family: int, tables: list[TablePlan], going: live.Owned,
+                    recorded: frozenset = frozenset()) -> live.Owned:
         if self.applier == LEGACY_RESTORE:
             # the same rendered plan as the nft path: one atomic restore per table (apply_units)
-            self.restore(family, "".join(t.restore_text() for t in tables))
-            return
+            return super().swap_tables(family, tables, going, recorded)
         # libxtables keeps one global extension registry per process, so python-iptables
         # cannot load e.g. REDIRECT for IPv6 once it has loaded it for IPv4 ("can't find
-        # target REDIRECT"). Each family therefore commits from a process of its own.
-        payload = json.dumps({"family": family, "wait": self.wait, "tables": [table_to_json(t) for t in tables]})
+        # target REDIRECT"). Each family therefore commits from a process of its own, which
+        # finds our objects again under the xtables lock (rules are deleted by position there).
+        payload = json.dumps({"family": family, "wait": self.wait, "tables": [table_to_json(t) for t in tables],
+                              "save": self.tool(family, "save"), "recorded": sorted(recorded)})
         result = subprocess.run([sys.executable, "-m", "engine.iptables.legacy_commit"], input=payload,
                                 capture_output=True, text=True, timeout=bound(120))
         if result.returncode != 0:
             raise BackendError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else
                                f"python-iptables commit exited {result.returncode}")
+        return owned_from_json(json.loads(result.stdout))
 
 
-def commit_table(family: int, plan: TablePlan, wait: int) -> None:
-    """Create our chains and add our rules to one table in a single python-iptables commit."""
+def plan_coming(tables: list[TablePlan]) -> live.Coming:
+    return {t.name: (t.chains, tuple(r.restore_line() for r in t.rules)) for t in tables}
+
+
+def owned_to_json(owned: live.Owned) -> dict:
+    return {"rules": [list(r) for r in owned.rules], "chains": [[t, c, list(r)] for t, c, r in owned.chains]}
+
+
+def owned_from_json(data: dict) -> live.Owned:
+    return live.Owned(tuple((t, c, int(i), s) for t, c, i, s in data["rules"]),
+                      tuple((t, c, tuple(r)) for t, c, r in data["chains"]))
+
+
+def commit_table(family: int, plan: TablePlan, going: live.Owned) -> None:
+    """Swap our objects `going` in one table for `plan`'s in a single python-iptables commit.
+    The caller holds the xtables lock and found `going` under it (positions are exact)."""
     import iptc  # python-iptables: imported here so the nft path works without it
 
-    table_class = iptc.Table if family == 4 else iptc.Table6
-    with xtables_lock(wait):
-        table = table_class(plan.name)
-        table.autocommit = False
-        try:
-            table.refresh()
-            for chain in plan.chains:
+    table = (iptc.Table if family == 4 else iptc.Table6)(plan.name)
+    table.autocommit = False
+    try:
+        table.refresh()
+        old_chains = [c for t, c, _r in going.chains if t == plan.name]
+        for chain in old_chains:  # first: our chains jump to each other
+            table.flush_entries(chain)
+        # by position, last first (libiptc counts from 0): python-iptables cannot parse every
+        # foreign rule, and never needs to here
+        for _t, chain, index, _spec in sorted((r for r in going.rules if r[0] == plan.name),
+                                              key=lambda r: (r[1], -r[2])):
+            if table._iptc.iptc_delete_num_entry(chain.encode(), index - 1, table._handle) != 1:
+                raise iptc.IPTCError(f"can't delete rule {index} of {chain}: {table.strerror()}")
+        for chain in old_chains:
+            if chain not in plan.chains:
+                table.delete_chain(chain)
+        for chain in plan.chains:
+            if chain not in old_chains:
                 table.create_chain(chain)
-            for rule in plan.rules:
-                chain = iptc.Chain(table, rule.chain)
-                entry = to_iptc(rule, family)
-                if rule.position is None:
-                    chain.append_rule(entry)
-                else:
-                    chain.insert_rule(entry, rule.position - 1)
-            table.commit()  # one commit: the kernel swaps in the whole table at once
-        except (iptc.IPTCError, iptc.errors.XTablesError) as err:
-            raise BackendError(f"python-iptables {plan.name} (IPv{family}): {err}") from err
-        finally:
-            table.autocommit = True
+        for rule in plan.rules:
+            chain = iptc.Chain(table, rule.chain)
+            entry = to_iptc(rule, family)
+            if rule.position is None:
+                chain.append_rule(entry)
+            else:
+                chain.insert_rule(entry, rule.position - 1)
+        table.commit()  # one commit: the kernel swaps in the whole table at once
+    except (iptc.IPTCError, iptc.errors.XTablesError) as err:
+        raise BackendError(f"python-iptables {plan.name} (IPv{family}): {err}") from err
+    finally:
+        table.autocommit = True
 
 
 def to_iptc(rule: Rule, family: int):

@@ -9,7 +9,7 @@ from engine.contract import Choice, Config, EnginePlan
 from engine.iptables import live, nft_scaffold
 from engine.iptables.backends import Backend, BackendError, make_backend
 from engine.iptables.builder import FamilyInputs, build_family
-from engine.iptables.rules import FamilyPlan
+from engine.iptables.rules import FamilyPlan, TablePlan
 from engine.probe import HostFacts
 from engine.transaction import Step, Transaction
 
@@ -80,15 +80,35 @@ def _retrying(action, retries: int, pause: float):
             time.sleep(pause)
 
 
-def install_steps(tx: Transaction, config: Config, the_plan: IptablesPlan, record: dict) -> list[Step]:
-    """One step per apply unit (a table, or a family's tables at once) of the plan."""
+def install_steps(tx: Transaction, config: Config, the_plan: IptablesPlan, record: dict,
+                  replaced: dict[int, set]) -> list[Step]:
+    """One step per apply unit (a table, or a family's tables at once) of the plan, each swapping
+    the earlier install's objects in its tables (and tagged leftovers) for the new ones in the
+    same commit. `replaced`: the earlier install's rule texts per family (recorded_lines)."""
     backend = make_backend(the_plan.backend, config.wait, parse_executables(config.iptables_executables),
                            the_plan.applier)
     steps: list[Step] = []
     for fam_plan in the_plan.families:
-        for label, tables in backend.apply_units(fam_plan):
-            steps.append(_apply_step(tx, config, backend, fam_plan.family, label, tables, record))
+        planned = {t.name for t in fam_plan.tables}
+        units = backend.apply_units(fam_plan)
+        # tables only the earlier install used: emptied, a commit each, once the new rules are in
+        others = [TablePlan(name, (), ()) for name in _tables_holding_ours(backend, fam_plan.family,
+                                                                             replaced.get(fam_plan.family, set()))
+                  if name not in planned]
+        units += [(f"iptables-{backend.name} {fam_plan.label} {t.name}: remove the earlier install's rules", [t])
+                  for t in others]
+        for label, tables in units:
+            steps.append(_apply_step(tx, config, backend, fam_plan.family, label, tables, record,
+                                     frozenset(replaced.get(fam_plan.family, set()))))
     return steps
+
+
+def _tables_holding_ours(backend: Backend, family: int, recorded: set) -> list[str]:
+    try:
+        owned = live.find_owned(live.parse_save(backend.save(family)), recorded)
+    except BackendError:
+        return []
+    return sorted({t for t, _c, _i, _s in owned.rules} | {t for t, _c, _r in owned.chains})
 
 
 def replace_steps(wait: int, recorded: dict[int, set], backends: tuple[str, ...] = ("legacy", "nft")) -> list[Step]:
@@ -129,7 +149,7 @@ def _replace_previous(backend: Backend, family: int, owned: live.Owned) -> Step:
 
 
 def _apply_step(tx: Transaction, config: Config, backend: Backend, family: int, label: str, tables,
-                record: dict) -> Step:
+                record: dict, replaced: frozenset) -> Step:
     names = {t.name for t in tables}
     fam = str(family)
     ours = {(t.name, c) for t in tables for c in t.chains}
@@ -139,6 +159,7 @@ def _apply_step(tx: Transaction, config: Config, backend: Backend, family: int, 
     def do():
         before_text = backend.save(family)
         before["lines"] = _all_lines(live.parse_save(before_text), names)
+        going = live.find_owned(live.parse_save(before_text), replaced, only_tables=names)
         rules = record["rules"].setdefault(fam, [])
         chains = record["chains"].setdefault(fam, [])
         prior_scaffold = record["nft_created"].get(fam)
@@ -151,10 +172,11 @@ def _apply_step(tx: Transaction, config: Config, backend: Backend, family: int, 
         if expected is not None:
             record["nft_created"][fam] = nft_scaffold.merge(prior_scaffold, expected)
         tx.intend()
-        _retrying(lambda: backend.apply_tables(family, tables), config.max_retries, config.sleep_between_retries)
+        before["going"] = _retrying(lambda: backend.swap_tables(family, tables, going, replaced),
+                                    config.max_retries, config.sleep_between_retries)
         # Record what the kernel now reports, not what we rendered: status compares like with like.
         after_text = backend.save(family)
-        added = _all_lines(live.parse_save(after_text), names) - before["lines"]
+        added = _all_lines(live.parse_save(after_text), names) - (before["lines"] - before["going"].lines())
         rules[:] = [r for r in rules if r not in rendered] + [[t, c, s] for t, c, s in sorted(added)]
         created = backend.scaffold_created(before_text, after_text, ours)
         if created is not None:
@@ -162,11 +184,11 @@ def _apply_step(tx: Transaction, config: Config, backend: Backend, family: int, 
             record["nft_created"][fam] = nft_scaffold.merge(prior_scaffold, created)
 
     def undo():
+        # the earlier install's objects back in the same commit that takes the new ones out
         recorded = {tuple(x) for x in record["rules"].get(fam, [])} | planned
         owned = live.find_owned(live.parse_save(backend.save(family)), recorded, only_tables=names)
-        backend.restore(family, live.removal_script(owned))
-        # only what this step created: tables a replaced install created stay for its rules,
-        # which the undo of the replacing step puts back next
+        backend.restore(family, live.swap_script(owned, live.coming_of(before.get("going", live.Owned((), ())))))
+        # only what this step created: tables a replaced install created stay for its rules
         backend.remove_scaffold(family, before.get("created"))
 
     return Step(label, do, undo)

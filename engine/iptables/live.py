@@ -114,3 +114,44 @@ def restore_script(owned: Owned) -> str:
         by_table.setdefault(table, []).append(f"-I {chain} {index} {spec}")
     return "".join(f"*{t}\n" + "\n".join(lines) + "\nCOMMIT\n" for t, lines in by_table.items())
 
+
+
+# What goes in one table of a swap: our chains (declared, so existing ones are flushed) and the
+# restore lines that fill them and hook them in (-A chain spec, -I chain index spec).
+Coming = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+
+
+def swap_script(going: Owned, coming: Coming) -> str:
+    """iptables-restore --noflush input that replaces our objects `going` by `coming` in one
+    commit per table, which both backends apply atomically (nf_tables: one transaction for the
+    whole input), so no packet ever meets a table with neither the old rules nor the new.
+
+    In each table: every chain old or new is declared, which flushes the existing ones (and
+    drops their jumps into each other); then the old rules in other chains are deleted, the old
+    chains the new install has no use for are deleted, and the new rules are added (our
+    deletions first, so the new insert positions count the same foreign rules as a fresh install)."""
+    names = list(coming) + sorted({t for t, _c, _i, _s in going.rules} | {t for t, _c, _r in going.chains} - set(coming))
+    script = []
+    for table in names:
+        new_chains, new_lines = coming.get(table, ((), ()))
+        old_chains = [c for t, c, _r in going.chains if t == table]
+        lines = [f"*{table}"]
+        lines += [f":{c} - [0:0]" for c in dict.fromkeys([*new_chains, *old_chains])]
+        lines += [f"-D {c} {s}" for t, c, _i, s in going.rules if t == table]
+        lines += [f"-X {c}" for c in old_chains if c not in new_chains]
+        lines += list(new_lines)
+        if len(lines) > 1:
+            script.append("\n".join(lines) + "\nCOMMIT\n")
+    return "".join(script)
+
+
+def coming_of(owned: Owned) -> Coming:
+    """Our objects as they were, to put back with swap_script (the undo of a swap)."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for table, chain, specs in owned.chains:
+        chains, lines = out.setdefault(table, ([], []))
+        chains.append(chain)
+        lines.extend(f"-A {chain} {s}" for s in specs)
+    for table, chain, index, spec in sorted(owned.rules, key=lambda r: (r[0], r[1], r[2])):
+        out.setdefault(table, ([], []))[1].append(f"-I {chain} {index} {spec}")
+    return {t: (tuple(c), tuple(lines)) for t, (c, lines) in out.items()}

@@ -41,20 +41,30 @@ class IptablesEngine(RedirectEngine):
         return []
 
     def remove_previous(self, tx: Transaction, config: Config, record: dict | None) -> None:
-        tx.run(iptables.replace_steps(config.wait, iptables.recorded_lines(record)))
-        # the nf_tables tables and base chains it created go too once empty, whatever engine comes
-        # next (an iptables install that needs them makes, and owns, them again). No undo: the
-        # replace steps' undo restores the rules, and iptables-nft-restore remakes the tables.
+        """Another engine is installed now: our rules of the earlier install go, in both backends."""
+        self._remove(tx, config, record, ("legacy", "nft"))
+
+    def _remove(self, tx: Transaction, config: Config, record: dict | None, backends: tuple[str, ...]) -> None:
+        tx.run(iptables.replace_steps(config.wait, iptables.recorded_lines(record), backends))
+        # the nf_tables tables and base chains it created go too once empty (an iptables-nft
+        # install inherits them instead). No undo: the removal steps' undo puts the rules back,
+        # and iptables-nft-restore remakes the tables.
         for family, created in sorted((record or {}).get("nft_created", {}).items()):
             tx.step(f"remove the previous install's empty nf_tables tables (IPv{family})",
-                    functools.partial(iptables.remove_scaffold, config.wait, int(family), created))
+                        functools.partial(iptables.remove_scaffold, config.wait, int(family), created))
 
     def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None, record: dict) -> None:
+        """Each table is swapped in one commit: the earlier install's rules there (recorded, or
+        found by their tags) go in the commit that adds the new ones. The other backend's rules
+        of an earlier install go afterwards, once the new ones redirect."""
         assert isinstance(plan, IptablesPlan)
         # a replaced install's nf_tables scaffold stays ours to remove once empty
-        record.update(iptables.new_record(plan, dict((previous or {}).get("nft_created", {})),
+        same_backend = (previous or {}).get("backend") == plan.backend
+        record.update(iptables.new_record(plan, dict((previous or {}).get("nft_created", {})) if same_backend else {},
                                           firewalld=config.store_firewalld))
-        tx.run(iptables.install_steps(tx, config, plan, record))
+        tx.run(iptables.install_steps(tx, config, plan, record, iptables.recorded_lines(previous)))
+        other = tuple(b for b in ("legacy", "nft") if b != plan.backend)
+        self._remove(tx, config, previous if not same_backend else None, other)
         if config.store_firewalld:
             tx.run([_firewalld_step(plan)])
 

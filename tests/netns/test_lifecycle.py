@@ -57,8 +57,7 @@ def test_a_failure_half_way_rolls_back_to_exactly_before(sandbox, engine, step):
     add_foreign_rules(sandbox)
     before = snapshot(sandbox)
     addresses = sandbox.run(sandbox.app, ["ip", "-6", "addr", "show", "dev", "lo"]).stdout
-    step_name = step if step.startswith("add") else (
-        f"iptables-nft {step}" if engine == "iptables-nft" else f"iptables-legacy {step} nat")
+    step_name = step if step.startswith("add") else f"iptables-{engine.split('-')[1]} {step} nat"
     result = sandbox.tpctl(*install_args(engine, sandbox, *MANY_FLAGS), env={"TPCTL_FAULT_INJECT": step_name})
     assert result.returncode == 4, result.stderr
     assert "rolled back" in result.stderr and "ROLLBACK INCOMPLETE" not in result.stderr
@@ -211,6 +210,6 @@ def test_a_created_table_that_another_tool_used_since_is_kept_with_its_rule(sand
 
 
 def test_a_rolled_back_install_leaves_no_empty_tables_behind(sandbox):
-    result = sandbox.tpctl(*install_args("iptables-nft", sandbox, *NFT_FLAGS), env={"TPCTL_FAULT_INJECT": "iptables-nft IPv6"})
+    result = sandbox.tpctl(*install_args("iptables-nft", sandbox, *NFT_FLAGS), env={"TPCTL_FAULT_INJECT": "iptables-nft IPv6 nat"})
     assert result.returncode == 4, result.stderr
     assert _nft_ruleset(sandbox) == ""

@@ -1,0 +1,130 @@
+"""Reconfiguration without a gap: while `tpctl install` replaces an install (new flags, the same
+engine or another), no connection goes around the sidecar and none fails.
+
+A client in the app cgroup opens one connection after another to a greeter on the server host
+for the whole reinstall; the greeter answers with the peer it sees, which is the client's own
+address and port only when the connection went around HAProxy (sandbox.peers flow). HAProxy's
+log must count every connection the client saw go through it. Bounded: at most 20 s and 5,000
+connections per flow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from sandbox.netns import SRV_V4, Sandbox
+from sandbox.scenario import PEERS
+from tests.netns import haproxy_sidecar
+from tests.netns.conftest import install, install_args
+
+BASE = ("--redirect-inbound=false", "--ip-family-mode", "ipv4")
+BEFORE = ("--exclude-outbound-ports", "7001")
+AFTER = ("--exclude-outbound-ports", "7001,7002")  # the traffic itself (port 9000) is never excluded
+SWITCHES = [
+    ("iptables-nft", "iptables-nft"), ("iptables-legacy", "iptables-legacy"), ("ebpf", "ebpf"),
+    ("iptables-nft", "iptables-legacy"), ("iptables-legacy", "iptables-nft"),
+    ("iptables-nft", "ebpf"), ("ebpf", "iptables-nft"), ("iptables-legacy", "ebpf"), ("ebpf", "iptables-legacy"),
+]
+# a step in the middle of each engine's reconfiguration (the eBPF one: before the settings switch)
+HALF_WAY = {"iptables-nft": "iptables-nft IPv4 nat", "iptables-legacy": "iptables-legacy IPv4 nat",
+            "ebpf": "map:tp_excl_out_ports: add the new entries"}
+
+
+class Flow:
+    def __init__(self, sandbox: Sandbox):
+        self.sb = sandbox
+        self.log = os.path.join(sandbox.tmp, f"flow-{time.monotonic_ns()}.log")
+        self.stop_file = self.log + ".stop"
+
+    def __enter__(self) -> Flow:
+        self.proc = self.sb.spawn(self.sb.app, self.sb.python(
+            PEERS, "flow", SRV_V4, "9000", "--stop-file", self.stop_file, "--seconds", "20", "--count", "5000",
+            "--interval", "0.004"),
+            log=self.log)
+        deadline = time.monotonic() + 10
+        while "started" not in self._text() and time.monotonic() < deadline and self.proc.poll() is None:
+            time.sleep(0.05)
+        assert "started" in self._text(), f"the flow never got an answer: {self._text()}"
+        return self
+
+    def _text(self) -> str:
+        with open(self.log, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(0.3)  # connections after the reinstall count too
+        open(self.stop_file, "w").close()
+        self.proc.wait(timeout=30)
+        self.result = json.loads(self._text().splitlines()[-1])
+
+
+def _scene(sandbox: Sandbox) -> str:
+    log = haproxy_sidecar.start(sandbox)
+    sandbox.spawn(sandbox.srv, sandbox.python(PEERS, "greeter", "--port", "9000"))
+    sandbox.wait_for_port(sandbox.srv, 9000)
+    return log
+
+
+def _assert_all_through_the_sidecar(flow: Flow, log: str, forwarded_before: int) -> None:
+    result = flow.result
+    assert result["bypassed"] == 0 and result["failed"] == 0, result
+    assert result["ok"] >= 5, result  # the flow really ran across the reinstall
+    seen = haproxy_sidecar.forwarded(log, forwarded_before + result["ok"]) - forwarded_before
+    with open(log, encoding="utf-8", errors="replace") as handle:
+        other = [line for line in handle.read().splitlines() if haproxy_sidecar.FORWARDED not in line]
+    assert seen == result["ok"], (f"HAProxy forwarded {seen} connections, the client saw {result['ok']} go through "
+                                  f"it; HAProxy's other log lines: {other[:10]}")
+
+
+def _status(sandbox: Sandbox) -> dict:
+    """The state and the kernel's view of it (not the host's facts, probed afresh each time)."""
+    result = sandbox.tpctl("status", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr  # installed, no drift
+    report = json.loads(result.stdout)
+    report.pop("host")
+    return report
+
+
+@pytest.mark.parametrize(("first", "then"), SWITCHES, ids=[f"{a}-to-{b}" for a, b in SWITCHES])
+def test_no_connection_goes_around_the_sidecar_while_an_install_is_replaced(sandbox, first, then):
+    log = _scene(sandbox)
+    install(sandbox, first, *BASE, *BEFORE)
+    before = _status(sandbox)
+    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
+    with Flow(sandbox) as flow:
+        result = sandbox.tpctl(*install_args(then, sandbox, *BASE, *AFTER), "--verbose")
+    assert result.returncode == 0, result.stderr
+    _assert_all_through_the_sidecar(flow, log, forwarded_before)
+    after = _status(sandbox)
+    assert after["config"]["exclude_outbound_ports"] == ["7001", "7002"], after["config"]
+    if first == then == "ebpf":  # the programs stayed attached: the same ids, nothing compiled
+        assert after["ebpf"]["programs"] == before["ebpf"]["programs"]
+        steps = [line for line in result.stderr.splitlines() if line.startswith("step: ")]
+        assert "step: compile" not in steps and "step: map:tp_excl_out_ports: add the new entries" in steps, steps
+    if first != then:  # the first engine left nothing behind
+        _assert_nothing_left_of(sandbox, first)
+
+
+def _assert_nothing_left_of(sandbox: Sandbox, engine: str) -> None:
+    if engine == "ebpf":
+        assert sandbox.bpffs and not os.path.exists(os.path.join(sandbox.bpffs, "tpctl"))
+        return
+    saved = sandbox.run(sandbox.app, [f"iptables-{engine.split('-')[1]}-save"], timeout=30).stdout
+    assert "TPCTL" not in saved and "tpctl/" not in saved, saved
+
+
+@pytest.mark.parametrize("engine", sorted(HALF_WAY))
+def test_a_reconfiguration_failing_half_way_leaves_the_previous_install_in_force(sandbox, engine):
+    log = _scene(sandbox)
+    install(sandbox, engine, *BASE, *BEFORE)
+    before = _status(sandbox)
+    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
+    with Flow(sandbox) as flow:
+        result = sandbox.tpctl(*install_args(engine, sandbox, *BASE, *AFTER), env={"TPCTL_FAULT_INJECT": HALF_WAY[engine]})
+    assert result.returncode == 4, result.stderr
+    _assert_all_through_the_sidecar(flow, log, forwarded_before)
+    after = _status(sandbox)
+    assert after == before  # the state file and the kernel: the previous install, whole
