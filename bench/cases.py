@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.configs import (EXPLICIT_HTTP_PORT, EXPLICIT_IPERF_PORT, FRONTEND_HTTP, FRONTEND_IPERF,
-                           FRONTEND_OUTBOUND, HTTP_PORT, IPERF_PORT)
+from bench.configs import (
+    EXPLICIT_HTTP_PORT,
+    EXPLICIT_IPERF_PORT,
+    FRONTEND_HTTP,
+    FRONTEND_IPERF,
+    FRONTEND_OUTBOUND,
+    HTTP_PORT,
+    IPERF_PORT,
+)
 
 ROUTE_DIRECT, ROUTE_EXPLICIT, ROUTE_REDIRECT = "direct", "explicit", "redirect"
 

@@ -61,8 +61,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-rounds", type=_positive, default=2, help="rounds of the scale sweep (default 2)")
     p.add_argument("--skip-scale", action="store_true", help="no scale sweep")
     p.add_argument("--control-runs", type=_positive, default=5,
-                   help="install/uninstall runs per engine for the control path (default 5)")
+                   help="install/reconfigure/no-op reinstall/uninstall runs per engine for the control path "
+                        "(default 5)")
     p.add_argument("--skip-control", action="store_true", help="no control-path measurement")
+    p.add_argument("--alternate-order", action="store_true",
+                   help="run the cases in reverse order in even rounds (default: the same order every round)")
+    p.add_argument("--skip-bpf-stats", action="store_true",
+                   help="eBPF cases without BPF statistics (per-program runs and run time; on by default)")
     p.add_argument("--out", default=DEFAULT_OUT, help="directory for RESULTS.md, bench.png, results.json "
                                                       "(default bench/results; the files are replaced)")
     return p
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = runner.Options(duration=args.duration, rounds=args.rounds, cases=args.cases, scale=args.scale,
                           skip_scale=args.skip_scale, skip_control=args.skip_control, out=args.out,
                           concurrency=args.concurrency, control_runs=args.control_runs,
-                          scale_rounds=args.scale_rounds, command=shlex.join(["python", "-m", "bench", *argv]))
+                          scale_rounds=args.scale_rounds, command=shlex.join(["python", "-m", "bench", *argv]),
+                          bpf_stats=not args.skip_bpf_stats, alternate=args.alternate_order)
     try:
         results = runner.run(opts, say=lambda text: print(f"bench: {text}", file=sys.stderr, flush=True))
     except KeyboardInterrupt:

@@ -127,7 +127,7 @@ class Measurer:
                 "cpu_us_per_conn": c["proc_s"] * 1e6 / result.requests,
                 "machine_us_per_conn": c["busy_s"] * 1e6 / result.requests,
                 "errors_new": c["errors"], "sessions_new": c["sessions"], "denied_new": c["denied"],
-                "other_load_pct": other_load_pct(c)}
+                "requests_new": result.requests, "other_load_pct": other_load_pct(c)}
 
     def keepalive(self, case: Case, concurrency: int) -> dict[str, float]:
         """Kept-alive connections: latency percentiles, request rate, CPU per request."""
@@ -139,7 +139,8 @@ class Measurer:
                 f"lat_p99_c{concurrency}": result.percentiles_us[99.0],
                 f"rps_c{concurrency}": result.rate,
                 f"cpu_us_per_req_c{concurrency}": c["proc_s"] * 1e6 / result.requests,
-                f"errors_c{concurrency}": c["errors"], f"denied_c{concurrency}": c["denied"]}
+                f"errors_c{concurrency}": c["errors"], f"denied_c{concurrency}": c["denied"],
+                f"requests_c{concurrency}": result.requests}
 
     def bulk(self, case: Case) -> dict:
         """iperf3, one stream, client -> server: Gbit/s received. A failed iperf3 run is retried

@@ -67,9 +67,15 @@ def _scale(ax, scale, sizes):
     ax.legend(fontsize=7)
 
 
+CONTROL_COLORS = {"install": "#2ca02c", "reconfigure": "#9467bd", "noop_reinstall": "#c5b0d5",
+                  "uninstall": "#98df8a"}
+
+
 def _control(ax, control):
     engines = list(control)
-    for i, op in enumerate(("install", "uninstall")):
+    ops = [op for op in CONTROL_COLORS if any(control[e].get(op) for e in engines)]
+    width = 0.8 / max(len(ops), 1)
+    for i, op in enumerate(ops):
         med, err_low, err_high = [], [], []
         for engine in engines:
             runs = control[engine].get(op, [])
@@ -77,9 +83,9 @@ def _control(ax, control):
             med.append(s.median if s else 0)
             err_low.append(s.median - s.low if s else 0)
             err_high.append(s.high - s.median if s else 0)
-        xs = [j + (i - 0.5) * 0.4 for j in range(len(engines))]
-        ax.bar(xs, med, 0.4, yerr=[err_low, err_high], capsize=3, label=f"tpctl {op}",
-               color="#2ca02c" if op == "install" else "#98df8a")
+        xs = [j + (i - (len(ops) - 1) / 2) * width for j in range(len(engines))]
+        ax.bar(xs, med, width, yerr=[err_low, err_high], capsize=3, label=op.replace("_", " "),
+               color=CONTROL_COLORS[op])
     _ticks(ax, range(len(engines)), engines)
     ax.set_title("control path wall time (median, min–max)", fontsize=10)
     ax.set_ylabel("seconds", fontsize=8)

@@ -37,10 +37,10 @@ class Finished:
     maxrss_kib: int       # peak resident set size of the child
 
 
-_LIVE: dict[int, "Running"] = {}  # started and not yet finished, for stop_all()
+_LIVE: dict[int, Running] = {}  # started and not yet finished, for stop_all()
 
 
-def start(argv: list[str], env: dict | None = None, stdin_text: str | None = None) -> "Running":
+def start(argv: list[str], env: dict | None = None, stdin_text: str | None = None) -> Running:
     running = Running(argv, env, stdin_text)
     _LIVE[running.pid] = running
     return running
@@ -164,7 +164,7 @@ class PeakSampler:
             self.peak = max(self.peak, self._read())
             self._stop.wait(self._interval)
 
-    def start(self) -> "PeakSampler":
+    def start(self) -> PeakSampler:
         self._thread.start()
         return self
 

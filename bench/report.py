@@ -1,7 +1,10 @@
 """RESULTS.md from a results dict (as results.json holds it). Pure: text in, text out."""
 from __future__ import annotations
 
-from bench import stats
+import math
+
+from bench import bpfstats, stats
+from bench import control as control_module
 from bench.stats import Summary
 
 HIGHER, LOWER = "higher is better", "lower is better"
@@ -101,21 +104,100 @@ def scale_table(scale: dict, sizes: list[int]) -> str:
     return table(header, rows)
 
 
+CONTROL_LABELS = {"install": "install", "reconfigure": "reconfigure (7001 → 7001,7002)",
+                  "noop_reinstall": "no-op reinstall (same flags)", "uninstall": "uninstall"}
+
+
 def control_table(control: dict) -> str:
     rows = []
     for engine, ops in control.items():
-        for op in ("install", "uninstall"):
+        for op in [*control_module.COMMANDS, *(k for k in ops if k not in control_module.COMMANDS)]:
             runs = ops.get(op, [])
             if not runs:
                 continue
-            rest = runs[1:] or runs
+            rest = control_module.later_runs(runs)
             wall = stats.summarize([r["wall_s"] for r in rest])
             cpu = stats.summarize([r["cpu_s"] for r in rest])
             rss = stats.summarize([r["maxrss_mib"] for r in runs])
-            rows.append([engine, op, f"{runs[0]['wall_s']:.2f}", cell(wall, "{:.2f}"), cell(cpu, "{:.2f}"),
-                         f"{rss.median:.0f} (max {rss.high:.0f})", str(len(runs))])
+            rows.append([engine, CONTROL_LABELS.get(op, op), f"{runs[0]['wall_s']:.2f}", cell(wall, "{:.2f}"),
+                         cell(cpu, "{:.2f}"), f"{rss.median:.0f} (max {rss.high:.0f})", str(len(runs))])
     return table(["engine", "command", "first run s", "later runs s (median)", "CPU s (median)",
                   "peak memory MiB (median)", "runs"], rows)
+
+
+def target_sentence(control: dict) -> str:
+    """Issue 13's target and whether this run met it (computed, never assumed)."""
+    verdict = control_module.target(control)
+    if verdict is None:
+        return ""
+    text = (f"Target (issue 13): eBPF reconfigure and no-op reinstall ≤ {control_module.TARGET_S} s on this "
+            "machine (wall time, median of the later runs). ")
+    labels = {"reconfigure": "reconfigure", "noop_reinstall": "no-op reinstall"}
+    if verdict["missing"]:
+        return text + f"Not measured in this run: {', '.join(labels[c] for c in verdict['missing'])}.\n"
+    figures = ", ".join(f"{labels[c]} {v:.2f} s" for c, v in verdict["figures"].items())
+    return text + f"This run: {figures}: **{'met' if verdict['met'] else 'not met'}**.\n"
+
+
+def sig(value: float | None) -> str:
+    """Three significant digits without an exponent: 0.000147, 1.35, 454, 12,345."""
+    if value is None:
+        return "–"
+    if value == 0:
+        return "0"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{max(0, 2 - math.floor(math.log10(abs(value))))}f}"
+
+
+def _sig_cell(values: list[float]) -> str:
+    summary = stats.summarize(values)
+    if summary is None:
+        return "–"
+    text = sig(summary.median)
+    if summary.n > 1 and summary.median:
+        text += f" ±{summary.spread_pct / 2:.0f}%"
+    return text
+
+
+def bpf_table(samples: dict, concurrency: list[int]) -> str:
+    """One row per program of one eBPF case: runs and BPF time per new connection and per
+    kept-alive request (medians across rounds), and the mean time of one run."""
+    keys = ["new"] + [f"c{c}" for c in concurrency if f"c{c}" in samples]
+    per = {key: bpfstats.per_unit(samples.get(key, [])) for key in keys}
+    one_run = bpfstats.ns_per_run([s for key in keys for s in samples.get(key, [])])
+    names = sorted({name for figures in per.values() for name in figures if name != bpfstats.ALL})
+    header = ["program", "runs / new conn.", "BPF ns / new conn."]
+    for key in keys[1:]:
+        header += [f"runs / request, {key[1:]} conn.", f"BPF ns / request, {key[1:]} conn."]
+    header.append("ns / run")
+    rows = []
+    for name in [*names, bpfstats.ALL]:
+        row = [name if name != bpfstats.ALL else f"**{name}**"]
+        for key in keys:
+            figures = per[key].get(name, {"runs": [], "ns": []})
+            row += [_sig_cell(figures["runs"]), _sig_cell(figures["ns"])]
+        if name == bpfstats.ALL:
+            runs = sum(s["progs"][p]["runs"] for k in keys for s in samples.get(k, []) for p in s.get("progs", {}))
+            ns = sum(s["progs"][p]["ns"] for k in keys for s in samples.get(k, []) for p in s.get("progs", {}))
+            row.append(sig(ns / runs) if runs else "–")
+        else:
+            row.append(sig(one_run.get(name)))
+        rows.append(row)
+    return table(header, rows)
+
+
+def bpf_section(bpf_stats: dict, concurrency: list[int]) -> list[str]:
+    if not bpf_stats:
+        return []
+    out = ["## eBPF programs' own cost (BPF statistics)\n", BPF_NOTE]
+    for case, samples in bpf_stats.items():
+        if samples.get("unavailable"):
+            out += [f"`{case}`: BPF statistics unavailable ({samples['unavailable'][0]}).\n"]
+            continue
+        rounds = len(samples.get("new", []))
+        out += [f"`{case}` ({rounds} round(s)):\n", bpf_table(samples, concurrency), ""]
+    return out
 
 
 CHECK_COLUMNS = (("sessions_new", "HAProxy sessions, new-connection run"), ("wrk_errors", "wrk errors"),
@@ -166,7 +248,9 @@ def render(raw: dict) -> str:
     out = ["# tpctl benchmark results\n",
            f"Run on {meta['date']} with:\n\n```\n{meta['command']}\n```\n",
            f"{meta['rounds']} round(s) of {meta['duration_s']} s per measurement, cases interleaved "
-           f"round by round ({' '.join(cases)}); whole run {meta['elapsed_s'] / 60:.1f} min. "
+           f"round by round ({' '.join(cases)}"
+           f"{'; reversed in even rounds' if meta.get('alternate_order') else ''}); "
+           f"whole run {meta['elapsed_s'] / 60:.1f} min. "
            "Each figure is the median across rounds; ±x% is half the range across rounds, as a share "
            "of the median. Raw values per round: `results.json`. Plot: `bench.png`.\n",
            disturbance(results.get("checks", {})), dropped_sentence(dropped),
@@ -189,8 +273,9 @@ def render(raw: dict) -> str:
                 load_sentence([v for by_size in raw["scale"].values() for figures in by_size.values()
                                for v in figures.get("other_load_pct", [])])]
     if results.get("control"):
-        out += ["## Control path: `tpctl install` / `tpctl uninstall`\n", CONTROL_NOTE,
-                control_table(results["control"]), ""]
+        out += ["## Control path: `tpctl install`, reinstall, `tpctl uninstall`\n", CONTROL_NOTE,
+                control_table(results["control"]), "", target_sentence(results["control"])]
+    out += bpf_section(results.get("bpf_stats", {}), concurrency)
     if results.get("checks"):
         out += ["## Route checks and failures\n", CHECKS_NOTE,
                 checks_table(results["checks"]), ""]
@@ -238,9 +323,25 @@ harness): high values mean that round was disturbed.
 """
 
 CONTROL_NOTE = """\
-Install with kumactl's defaults (dualstack, inbound redirect on) in the app namespace, then
-uninstall; engines interleaved run by run. Peak memory is the child's `ru_maxrss` (wait4).
-BCC 0.26 keeps no compiled-object cache and tpctl adds none, so every eBPF install compiles its
-programs again: there is no warm compile. The first run of the session is shown apart from the
-later ones; any difference between them is the OS page cache, not a compile cache.
+Per run and engine, in the app namespace with kumactl's defaults (dualstack, inbound redirect
+on): `install --exclude-outbound-ports 7001`; then `install --exclude-outbound-ports 7001,7002`
+over it (reconfigure); the same again with identical flags (no-op reinstall); then `uninstall`.
+Engines interleaved run by run. After each install the kernel's excluded-port count (rules or
+map entries) is checked (1, 2, 2), outside the timed commands. Peak memory is the child's
+`ru_maxrss` (wait4). The first run of the session is shown apart from the later ones; a
+difference between them is the OS page cache (libclang, headers, modules) or whatever tpctl
+keeps between runs.
+"""
+
+BPF_NOTE = """\
+Each eBPF case's slot runs with BPF statistics on (bpf(2) BPF_ENABLE_STATS: on while the
+bench holds the fd, off when it closes it or exits; the sysctl `kernel.bpf_stats_enabled` is
+not written). Each tpctl program's `run_cnt` and `run_time_ns` (BPF_OBJ_GET_INFO_BY_FD on its
+pin) are read before and after the new-connection run and each kept-alive run, and divided by
+the connections (one request each) or requests that run served; medians across rounds, ±x% half
+the range. `ns / run`: all runs of all those measurements. The time is the programs' own
+(between the kernel's two clock reads around each run), not the hooks' kernel work around them;
+the statistics themselves add those two clock reads per run to the eBPF cases' figures above.
+Kept-alive runs open their N connections inside the measured run, so their connection set-up is
+in the per-request figures.
 """

@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from bench import configs, control, machine, procs, scale
+from bench import bpfstats, configs, control, machine, procs, scale
 from bench.cases import Case, engines_of
 from bench.measure import Measurer, RoutingError
 from bench.stack import Stack
@@ -30,6 +30,13 @@ class Options:
     control_runs: int
     scale_rounds: int
     command: str
+    bpf_stats: bool = True
+    alternate: bool = False  # even rounds run the cases in reverse order (ABBA: no case always follows another)
+
+
+def round_order(cases: list[Case], round_no: int, alternate: bool) -> list[Case]:
+    """The cases of round `round_no` (from 1): as given, or reversed in even rounds."""
+    return list(reversed(cases)) if alternate and round_no % 2 == 0 else list(cases)
 
 
 def check_accel(case: Case, sockhash_entries: list[int]) -> None:
@@ -46,18 +53,44 @@ def check_accel(case: Case, sockhash_entries: list[int]) -> None:
         raise RoutingError(f"{case.name}: acceleration is off, yet {seen} sockets were in the sockhash")
 
 
-def run_slot(stack: Stack, measurer: Measurer, case: Case, concurrency: list[int]) -> tuple[dict, dict]:
-    """One case's turn in a round: install (if any), every measurement, uninstall."""
+class _Counts:
+    """The eBPF programs' counters around each measurement of one slot, or nothing."""
+
+    def __init__(self, stack: Stack | None):
+        self.pin_dir = stack.pin_dir() if stack is not None else None
+        self.samples: dict = {}
+
+    def around(self, key: str):
+        if self.pin_dir is None:
+            return contextlib.nullcontext({})
+        return bpfstats.counted(self.pin_dir, self.samples, key)
+
+
+def run_slot(stack: Stack, measurer: Measurer, case: Case, concurrency: list[int],
+             bpf_stats: bool = False) -> tuple[dict, dict, dict]:
+    """One case's turn in a round: install (if any), every measurement, uninstall. The third
+    value: for an eBPF case with `bpf_stats`, each program's runs and run time during the
+    new-connection run ("new") and each kept-alive run ("c16", ...), with the connections or
+    requests served ("units"); or {"unavailable": why}."""
     sockhash: list[int] = []
     installing = stack.installed(case.engine, *case.extra_flags) if case.engine else contextlib.nullcontext({})
+    counting = bpf_stats and case.engine == "ebpf"
     with installing as done:
-        figures = measurer.new_connections(case)
-        for c in concurrency:
-            figures.update(measurer.keepalive(case, c))
+        with bpfstats.enabled() if counting else contextlib.nullcontext("off") as problem:
+            counts = _Counts(stack if counting and problem is None else None)
+            with counts.around("new") as sample:
+                figures = measurer.new_connections(case)
+                sample["units"] = figures["requests_new"]
+            for c in concurrency:
+                with counts.around(f"c{c}") as sample:
+                    figures.update(measurer.keepalive(case, c))
+                    sample["units"] = figures[f"requests_c{c}"]
         figures.update(measurer.bulk(case))
         if case.engine == "ebpf":  # after the measured runs, so that bpftool's work is not in them
             measurer.during_traffic(case, lambda: sockhash.append(stack.bpf_map_entries("tp_sock_hash")))
     check_accel(case, sockhash)
+    for key in [k for k in figures if k.startswith("requests_")]:
+        figures.pop(key)
     checks = {"sessions_new": figures.pop("sessions_new", None),
               "other_load_pct": round(figures.pop("other_load_pct", 0.0)),
               "wrk_errors": sum(figures.pop(k) for k in [k for k in figures if k.startswith("errors_")]),
@@ -67,7 +100,14 @@ def run_slot(stack: Stack, measurer: Measurer, case: Case, concurrency: list[int
         figures["install_s"] = done["install"].wall_s
     if sockhash:
         checks["sockhash_entries"] = sockhash[-1]
-    return figures, {k: v for k, v in checks.items() if v is not None}
+    programs = {} if not counting else counts.samples if problem is None else {"unavailable": problem}
+    return figures, {k: v for k, v in checks.items() if v is not None}, programs
+
+
+def _add_programs(into: dict, case: str, programs: dict) -> None:
+    """{case: {"new": [per round], "c16": [...], "unavailable": [why, per round]}}"""
+    for key, sample in programs.items():
+        into.setdefault(case, {}).setdefault(key, []).append(sample)
 
 
 def run(opts: Options, say=print) -> dict:
@@ -79,8 +119,10 @@ def run(opts: Options, say=print) -> dict:
                  "duration_s": opts.duration, "rounds": opts.rounds, "cases": names,
                  "concurrency": opts.concurrency, "scale_sizes": [] if opts.skip_scale else opts.scale,
                  "scale_rounds": opts.scale_rounds, "control_runs": opts.control_runs, "cpu_layout": layout,
+                 "bpf_stats": opts.bpf_stats, "alternate_order": opts.alternate,
                  "machine": machine.describe()},
         "cases": {name: {} for name in names}, "checks": {name: {} for name in names}, "scale": {}, "control": {},
+        "bpf_stats": {},
     }
     engines = engines_of(opts.cases)
     with Sandbox("tpb") as sb:
@@ -91,9 +133,10 @@ def run(opts: Options, say=print) -> dict:
             if not opts.skip_control and engines:
                 results["control"] = control.run(stack, engines, opts.control_runs, say)
             for round_no in range(1, opts.rounds + 1):
-                for case in opts.cases:
+                for case in round_order(opts.cases, round_no, opts.alternate):
                     say(f"round {round_no}/{opts.rounds}: {case.name}")
-                    figures, checks = run_slot(stack, measurer, case, opts.concurrency)
+                    figures, checks, programs = run_slot(stack, measurer, case, opts.concurrency, opts.bpf_stats)
+                    _add_programs(results["bpf_stats"], case.name, programs)
                     for key, value in figures.items():
                         results["cases"][case.name].setdefault(key, []).append(value)
                     for key, value in checks.items():

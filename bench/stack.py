@@ -37,7 +37,7 @@ class Stack:
         self.softirq_threads: list[int] = []
 
     # -- start -------------------------------------------------------------------------------
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         sb = self.sb
         os.chmod(sb.tmp, 0o755)  # HAProxy runs as the proxy uid and reads its config from here
         os.makedirs(os.path.join(self.dir, "haproxy"))
@@ -173,9 +173,13 @@ class Stack:
     def write_file(self, name: str, text: str) -> str:
         return self._write(name, text)
 
+    def pin_dir(self) -> str:
+        """Where the eBPF engine pins its programs and maps in this sandbox's bpffs."""
+        return os.path.join(self.sb.bpffs or "", "tpctl")
+
     def bpf_map_entries(self, map_name: str) -> int:
         """Entries of one of the engine's pinned maps (bpftool reads them from the pin)."""
-        pin = os.path.join(self.sb.bpffs or "", "tpctl", f"map_{map_name}")
+        pin = os.path.join(self.pin_dir(), f"map_{map_name}")
         done = procs.run(["bpftool", "-j", "map", "dump", "pinned", pin], timeout=60)
         if done.returncode != 0:
             raise StackError(f"bpftool map dump pinned {pin}: {done.stderr.strip()}")

@@ -1,6 +1,7 @@
 """The benchmark harness end to end on a very short duration (root): every case, one scale size,
-the control path. Checks that every case produced numbers, not how large they are. Results go
-to a temporary directory, never to bench/results."""
+the control path (install, reconfigure, no-op reinstall, uninstall), the eBPF programs'
+counters. Checks that every case produced numbers, not how large they are. Results go to a
+temporary directory, never to bench/results."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import sys
 
 import pytest
 
+from bench import bpfstats, control
 from bench.cases import CASES, ENGINES
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,6 +47,7 @@ def test_every_case_scale_size_and_engine_produces_numbers(tmp_path):
     from ebpf.probe import bcc_compiles_accel
 
     out = tmp_path / "results"
+    stats_sysctl = bpfstats.sysctl_value()
     # the sk_msg case needs BCC >= 0.21 (Debian 11's 0.18 refuses it with a failed check,
     # tests/netns/test_ebpf_accel.py); every other case runs wherever the suite runs
     cases = [c for c in CASES if c != "ebpf" or bcc_compiles_accel()]
@@ -64,14 +67,25 @@ def test_every_case_scale_size_and_engine_produces_numbers(tmp_path):
     for engine in ENGINES:
         for figure in ("conn_rate", "install_s", "uninstall_s"):
             assert positive(data["scale"][engine]["10"].get(figure, [])), (engine, figure)
-        for command in ("install", "uninstall"):
+        for command in control.COMMANDS:  # install, reconfigure, no-op reinstall, uninstall
             (run,) = data["control"][engine][command]
             assert run["wall_s"] > 0 and run["maxrss_mib"] > 0, (engine, command, run)
+    # BPF statistics: every eBPF case's redirected connections ran connect4, sockops and
+    # getsockopt (HAProxy asks SO_ORIGINAL_DST once per connection); the switch is off again
+    for case in (c for c in cases if CASES[c].engine == "ebpf"):
+        (new,) = data["bpf_stats"][case]["new"]
+        (kept,) = data["bpf_stats"][case]["c16"]
+        assert new["units"] > 0 and kept["units"] > 0, (case, new, kept)
+        for prog in ("tp_sock4_connect", "tp_sockops", "tp_getsockopt"):
+            assert new["progs"][prog]["runs"] >= new["units"] and new["progs"][prog]["ns"] > 0, (case, prog, new)
+    assert bpfstats.sysctl_value() == stats_sysctl
     if "ebpf" in cases:
         assert data["checks"]["ebpf"]["sockhash_entries"][0] > 0
     assert data["checks"]["ebpf-noaccel"]["sockhash_entries"] == [0]
 
     text = (out / "RESULTS.md").read_text()
     assert all(f"| {case} " in text or f" {case} |" in text for case in cases)
+    assert "| ebpf | reconfigure (7001 → 7001,7002) |" in text and "Target (issue 13)" in text
+    assert "| **all programs** |" in text
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "| figure |" in result.stdout  # the table is printed at the end

@@ -36,7 +36,12 @@ def results() -> dict:
         "checks": {"ebpf": {"sessions_new": [10, 11, 12], "sockhash_entries": [2, 2, 2], "other_load_pct": [1, 2, 3],
                             "iperf3_failures": ["iperf3: unable to write to stream socket: Cannot allocate memory"]}},
         "scale": scale,
-        "control": {"ebpf": {"install": [{**run, "wall_s": 4.0}, run, run], "uninstall": [run]}},
+        "control": {"ebpf": {"install": [{**run, "wall_s": 4.0}, run, run], "reconfigure": [run, run, run],
+                             "noop_reinstall": [run, {**run, "wall_s": 0.2}, {**run, "wall_s": 0.3}],
+                             "uninstall": [run]}},
+        "bpf_stats": {"ebpf-noaccel": {
+            "new": [{"units": 1000, "progs": {"tp_sockops": {"runs": 21000, "ns": 3_300_000}}}] * 3,
+            "c16": [{"units": 100_000, "progs": {"tp_sockops": {"runs": 100, "ns": 20_000}}}] * 3}},
     }
 
 
@@ -52,7 +57,9 @@ def test_report_holds_machine_command_tables_and_ratios(results):
     assert "+12.5%" in ratio_rows[1]
     assert "10,000 vs 10" in text and "-90.8%" in text  # iptables conn rate at 10,000 vs 10
     assert "| ebpf | install | 4.00 | 1.50 ±0.0% |" in text  # first run apart from the later ones
-    assert "no warm compile" in text
+    assert "| ebpf | no-op reinstall (same flags) | 1.50 | 0.25 ±20.0% |" in text
+    assert "This run: reconfigure 1.50 s, no-op reinstall 0.25 s: **not met**." in text
+    assert "| tp_sockops | 21.0 ±0% | 3,300 ±0% | 0.00100 ±0% | 0.200 ±0% | 157 |" in text.split("## eBPF programs' own cost")[1]
     assert ("| ebpf | 10, 11, 12 | – | – | 2, 2, 2 | iperf3: unable to write to stream socket: Cannot allocate "
             "memory |") in text
     failed = [line for line in text.splitlines() if line.startswith("| iperf3 runs that failed")]
@@ -74,7 +81,7 @@ def test_report_flags_a_disturbed_scale_sweep(results):
 def test_report_without_scale_and_control(results):
     results["scale"], results["control"], results["meta"]["scale_sizes"] = {}, {}, []
     text = report.render(results)
-    assert "## Scale" not in text and "## Control path" not in text
+    assert "## Scale" not in text and "## Control path" not in text and "Target (issue 13)" not in text
 
 
 def test_plot_writes_a_png(results, tmp_path):
@@ -95,6 +102,18 @@ def test_cli_options():
                                     "--skip-control", "--out", "/tmp/x"])
     assert [c.name for c in args.cases] == ["direct", "iptables-nft", "iptables-legacy"]
     assert (args.scale, args.duration, args.skip_control, args.out) == ([10], 2, True, "/tmp/x")
+    assert (args.skip_bpf_stats, args.alternate_order) == (False, False)
+    args = cli.parser().parse_args(["--skip-bpf-stats", "--alternate-order"])
+    assert (args.skip_bpf_stats, args.alternate_order) == (True, True)
+
+
+def test_report_of_an_older_results_json_without_the_new_parts(results):
+    del results["bpf_stats"]
+    results["control"] = {"ebpf": {"install": results["control"]["ebpf"]["install"],
+                                   "uninstall": results["control"]["ebpf"]["uninstall"]}}
+    text = report.render(results)
+    assert "Not measured in this run: reconfigure, no-op reinstall" in text
+    assert "## eBPF programs' own cost" not in text
 
 
 @pytest.mark.parametrize("argv", [["--cases", "nope"], ["--duration", "0"], ["--scale", "10,x"],
