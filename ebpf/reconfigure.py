@@ -46,9 +46,31 @@ def layout_key(p: EbpfPlan) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
 
 
+def write_order(old: dict[str, dict], new: dict[str, dict]) -> list[tuple[str, str, dict]]:
+    """The map writes that take `old` contents to `new` without a hole, in order: (map,
+    "add" | "switch" | "remove", the entries to put or to take out). Pure."""
+    others = [name for name in new if name != SETTINGS_MAP]
+    order = []
+    for name in others:
+        adding = {k: v for k, v in new[name].items() if old[name].get(k) != v}
+        if adding:
+            order.append((name, "add", adding))
+    if old[SETTINGS_MAP].get(0) != new[SETTINGS_MAP][0]:
+        order.append((SETTINGS_MAP, "switch", {0: new[SETTINGS_MAP][0]}))
+    for name in others:
+        stale = {k: v for k, v in old[name].items()
+                 if k not in new[name] and not (name == ROWS_MAP and v == ZERO_ROW)}
+        if stale:
+            order.append((name, "remove", stale))
+    return order
+
+
+STEP_NAMES = {"add": "add the new entries", "switch": "switch", "remove": "remove the old entries"}
+
+
 def update_maps(p: EbpfPlan, tx: Transaction, previous: dict, record: dict) -> None:
     """The previous install's objects become this install's (the record says so before any
-    map changes); the maps are rewritten as steps of tx."""
+    map changes); the maps are rewritten as steps of tx, each undone by the old contents."""
     record.clear()
     record.update(copy.deepcopy(previous))
     record["layout"] = layout_key(p)
@@ -58,52 +80,25 @@ def update_maps(p: EbpfPlan, tx: Transaction, previous: dict, record: dict) -> N
         tx.at_end(functools.partial(os.close, fd))
         typed[mw.map] = TypedMap(mw.map, fd)
     old = {name: dict(m.items()) for name, m in typed.items()}
-    new = {mw.map: dict(mw.entries) for mw in p.maps}
-    others = [name for name in new if name != SETTINGS_MAP]
-    for name in others:
-        if any(old[name].get(k) != v for k, v in new[name].items()):
-            tx.step(f"map:{name}: add the new entries", _adder(typed[name], old[name], new[name]),
-                    _undo_add(typed[name], old[name], new[name]))
-    if old[SETTINGS_MAP].get(0) != new[SETTINGS_MAP][0]:
-        tx.step(f"map:{SETTINGS_MAP}: switch", lambda: typed[SETTINGS_MAP].put(0, new[SETTINGS_MAP][0]),
-                lambda _r: typed[SETTINGS_MAP].put(0, old[SETTINGS_MAP][0]))
-    for name in others:
-        stale = [k for k, v in old[name].items() if k not in new[name] and not (name == ROWS_MAP and v == ZERO_ROW)]
-        if stale:
-            tx.step(f"map:{name}: remove the old entries", _remover(typed[name], stale),
-                    _undo_remove(typed[name], old[name], stale))
+    for name, action, entries in write_order(old, {mw.map: dict(mw.entries) for mw in p.maps}):
+        tx.step(f"map:{name}: {STEP_NAMES[action]}", functools.partial(_write, typed[name], action, entries),
+                functools.partial(_unwrite, typed[name], action, entries, old[name]))
 
 
-def _adder(m: TypedMap, old: dict, new: dict):
-    def do() -> None:
-        for key, value in new.items():
-            if old.get(key) != value:
-                m.put(key, value)
-    return do
+def _write(m: TypedMap, action: str, entries: dict) -> None:
+    for key, value in entries.items():
+        if action != "remove":
+            m.put(key, value)
+        elif m.name == ROWS_MAP:  # an array's rows cannot be deleted: zeroed, as never used
+            m.put(key, ZERO_ROW)
+        else:
+            m.delete(key)
 
 
-def _undo_add(m: TypedMap, old: dict, new: dict):
-    def undo(_result: Any) -> None:
-        for key in new:
-            if key in old:
-                m.put(key, old[key])
-            else:
-                m.delete(key)
-    return undo
-
-
-def _remover(m: TypedMap, stale: list):
-    def do() -> None:
-        for key in stale:
-            if m.name == ROWS_MAP:
-                m.put(key, ZERO_ROW)
-            else:
-                m.delete(key)
-    return do
-
-
-def _undo_remove(m: TypedMap, old: dict, stale: list):
-    def undo(_result: Any) -> None:
-        for key in stale:
+def _unwrite(m: TypedMap, action: str, entries: dict, old: dict, _result: Any = None) -> None:
+    """Back to the map's contents before the reconfiguration."""
+    for key in entries:
+        if key in old:
             m.put(key, old[key])
-    return undo
+        else:
+            m.delete(key)

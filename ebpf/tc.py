@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from engine.contract import netlink
+
 from .catalogue import HOOK_TC_EGRESS, HOOK_TC_INGRESS
 
 TC_PRIO = 49152          # a fixed, high pref number: after filters others add with defaults
@@ -36,8 +38,7 @@ def _ipr():
 
 
 def ifindex(iface: str) -> int:
-    with _ipr() as ipr:
-        found = ipr.link_lookup(ifname=iface)
+    found = [link["index"] for link in netlink.links() if link["name"] == iface]
     if not found:
         raise OSError(f"no interface {iface!r} in this network namespace")
     return found[0]
@@ -77,26 +78,17 @@ def del_filter(flt: TcFilter) -> None:
 
 
 def our_filters(index: int) -> list[TcFilter]:
-    """Filters on index whose name carries our tag, in both clsact directions."""
+    """Filters on index whose name carries our tag, in both clsact directions (read with
+    engine.netlink: status and a reinstall check them without importing pyroute2)."""
     found = []
-    with _ipr() as ipr:
-        for direction, parent in PARENTS.items():
-            try:
-                msgs = ipr.get_filters(index=index, parent=parent)
-            except Exception:  # no clsact: pyroute2 raises NetlinkError(EINVAL)
-                continue
-            for msg in msgs:
-                options = msg.get_attr("TCA_OPTIONS")
-                if msg.get_attr("TCA_KIND") != "bpf" or not options:
-                    continue
-                match = _NAME_RE.match(options.get_attr("TCA_BPF_NAME") or "")
-                if match:
-                    prio = (msg["info"] >> 16) & 0xFFFF
-                    found.append(TcFilter(index, direction, prio, msg["handle"],
-                                          match.group(1), int(match.group(2))))
+    for direction, parent in PARENTS.items():
+        for flt in netlink.bpf_filters(index, parent):
+            match = _NAME_RE.match(flt["name"])
+            if match:
+                found.append(TcFilter(index, direction, flt["prio"], flt["handle"], match.group(1),
+                                      int(match.group(2))))
     return found
 
 
 def all_ifindexes() -> list[int]:
-    with _ipr() as ipr:
-        return [link["index"] for link in ipr.get_links()]
+    return [link["index"] for link in netlink.links()]

@@ -19,6 +19,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from engine import netlink
 from engine.config import Config, defaults
 from engine.memo import NONE, Memo
 from engine.probe import HostFacts, kernel_version, mounts, mounts_of_type
@@ -27,7 +28,8 @@ from engine.transaction import InjectedFault, Step, Transaction, transaction
 Say = Callable[[str], None]
 
 __all__ = ["Check", "Choice", "Config", "EnginePlan", "HostFacts", "InjectedFault", "Memo", "NONE", "RedirectEngine",
-           "Say", "Step", "Transaction", "default_of", "families", "kernel_version", "mounts", "mounts_of_type", "transaction"]
+           "Say", "Step", "Transaction", "default_of", "families", "kernel_version", "mounts", "mounts_of_type", "netlink",
+           "transaction"]
 
 
 def default_of(field_name: str):

@@ -12,22 +12,24 @@ EADDRNOTAVAIL = 99
 
 
 def present() -> bool:
-    """Is ::6/128 on lo already (someone else's, or a replaced install's)?"""
-    from pyroute2 import IPRoute
+    """Is ::6/128 on lo already (someone else's, or a replaced install's)? Read without
+    pyroute2 (engine.netlink): a reinstall that finds it pays nothing for pyroute2's import."""
+    import socket
 
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname="lo")[0]
-        return any(a.get_attr("IFA_ADDRESS") == ADDRESS for a in ipr.get_addr(index=index, family=10))
+    from engine import netlink
+
+    lo = next(link["index"] for link in netlink.links() if link["name"] == "lo")
+    return (lo, ADDRESS) in netlink.addresses(socket.AF_INET6)
 
 
 def add() -> bool:
     """Add ::6/128 to lo; return True when this call added it."""
+    if present():
+        return False
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname="lo")[0]
-        if any(a.get_attr("IFA_ADDRESS") == ADDRESS for a in ipr.get_addr(index=index, family=10)):
-            return False
         ipr.addr("add", index=index, address=ADDRESS, prefixlen=128)
         return True
 

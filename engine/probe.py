@@ -159,22 +159,14 @@ def resolv_conf_servers(path: str) -> tuple[tuple[str, ...], str | None]:
 
 def interfaces() -> tuple[dict, ...]:
     """Non-loopback interfaces with their state and addresses (for tc auto-detection)."""
-    try:
-        from pyroute2 import IPRoute
-    except ImportError:
-        return ()
-    result = []
-    with IPRoute() as ipr:
-        addresses: dict[int, list[str]] = {}
-        for msg in ipr.get_addr():
-            addresses.setdefault(msg["index"], []).append(msg.get_attr("IFA_ADDRESS"))
-        for link in ipr.get_links():
-            name = link.get_attr("IFLA_IFNAME")
-            if name == "lo":
-                continue
-            result.append({"name": name, "index": link["index"],
-                           "up": bool(link["flags"] & 1), "addresses": addresses.get(link["index"], [])})
-    return tuple(result)
+    from engine import netlink
+
+    addresses: dict[int, list[str]] = {}
+    for index, address in netlink.addresses():
+        addresses.setdefault(index, []).append(address)
+    return tuple({"name": link["name"], "index": link["index"], "up": link["up"],
+                  "addresses": addresses.get(link["index"], [])}
+                 for link in netlink.links() if link["name"] != "lo")
 
 
 def probe(resolv_conf: str = "/etc/resolv.conf") -> HostFacts:

@@ -130,7 +130,8 @@ def swap_script(going: Owned, coming: Coming) -> str:
     drops their jumps into each other); then the old rules in other chains are deleted, the old
     chains the new install has no use for are deleted, and the new rules are added (our
     deletions first, so the new insert positions count the same foreign rules as a fresh install)."""
-    names = list(coming) + sorted({t for t, _c, _i, _s in going.rules} | {t for t, _c, _r in going.chains} - set(coming))
+    going_tables = {t for t, _c, _i, _s in going.rules} | {t for t, _c, _r in going.chains}
+    names = list(coming) + sorted(going_tables - set(coming))
     script = []
     for table in names:
         new_chains, new_lines = coming.get(table, ((), ()))
