@@ -29,6 +29,12 @@ def attach(prog_fd: int, cgroup_path: str, attach_type: int) -> None:
         libbpf.prog_attach(prog_fd, fd, attach_type, libbpf.BPF_F_ALLOW_MULTI)
 
 
+def replace(prog_fd: int, cgroup_path: str, attach_type: int, old_fd: int) -> None:
+    """prog takes old's place among the cgroup's programs in one call (BPF_F_REPLACE)."""
+    with cgroup_fd(cgroup_path) as fd:
+        libbpf.prog_attach_replacing(prog_fd, fd, attach_type, old_fd)
+
+
 def detach(prog_fd: int, cgroup_path: str, attach_type: int) -> None:
     with cgroup_fd(cgroup_path) as fd:
         libbpf.prog_detach(prog_fd, fd, attach_type)

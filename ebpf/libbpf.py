@@ -100,6 +100,20 @@ def prog_info(fd: int) -> dict:
     return {"id": info.id, "type": info.type, "name": info.name.decode(errors="replace")}
 
 
+class _MapInfo(ct.Structure):
+    _fields_ = [("type", ct.c_uint32), ("id", ct.c_uint32), ("key_size", ct.c_uint32),
+                ("value_size", ct.c_uint32), ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32),
+                ("name", ct.c_char * 16), ("pad", ct.c_uint8 * 64)]
+
+
+def map_info(fd: int) -> dict:
+    info = _MapInfo()
+    size = ct.c_uint32(ct.sizeof(info))
+    _check(_lib().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "map info")
+    return {"type": info.type, "id": info.id, "key_size": info.key_size, "value_size": info.value_size,
+            "max_entries": info.max_entries, "map_flags": info.map_flags}
+
+
 def map_lookup(fd: int, key: ct.Structure | ct._SimpleCData, value) -> bool:
     ret = _lib().bpf_map_lookup_elem(fd, ct.byref(key), ct.byref(value))
     if ret < 0:
@@ -163,6 +177,30 @@ def _prog_load(attr: _ProgLoadAttr) -> int:
     fd = libc.syscall(ct.c_long(nr), ct.c_int(_BPF_PROG_LOAD), ct.byref(attr),
                       ct.c_uint(ct.sizeof(attr)))
     return int(fd) if fd >= 0 else -ct.get_errno()
+
+
+_BPF_PROG_ATTACH = 8
+BPF_F_REPLACE = 4
+
+
+class _ProgAttachAttr(ct.Structure):
+    _fields_ = [("target_fd", ct.c_uint32), ("attach_bpf_fd", ct.c_uint32), ("attach_type", ct.c_uint32),
+                ("attach_flags", ct.c_uint32), ("replace_bpf_fd", ct.c_uint32), ("pad", ct.c_uint8 * 64)]
+
+
+def prog_attach_replacing(prog_fd: int, target_fd: int, attach_type: int, old_fd: int) -> None:
+    """Attach prog in the place of old on a cgroup in one BPF_PROG_ATTACH (BPF_F_REPLACE,
+    Linux 5.6+): no instant with neither. libbcc's bpf_prog_attach has no replace fd."""
+    nr = _NR_BPF.get(platform.machine())
+    if nr is None:
+        raise OSError(errno_mod.ENOSYS, "BPF_PROG_ATTACH: unknown syscall number on this architecture")
+    attr = _ProgAttachAttr(target_fd=target_fd, attach_bpf_fd=prog_fd, attach_type=attach_type,
+                           attach_flags=BPF_F_ALLOW_MULTI | BPF_F_REPLACE, replace_bpf_fd=old_fd)
+    libc = ct.CDLL(None, use_errno=True)
+    libc.syscall.restype = ct.c_long
+    if libc.syscall(ct.c_long(nr), ct.c_int(_BPF_PROG_ATTACH), ct.byref(attr), ct.c_uint(ct.sizeof(attr))) < 0:
+        err = ct.get_errno()
+        raise OSError(err, f"BPF_PROG_ATTACH (replace) type {attach_type}: {os.strerror(err)}")
 
 
 def probe_prog_load(prog_type: int, expected_attach_type: int = 0) -> int:

@@ -74,6 +74,11 @@ def update_maps(p: EbpfPlan, tx: Transaction, previous: dict, record: dict) -> N
     record.clear()
     record.update(copy.deepcopy(previous))
     record["layout"] = layout_key(p)
+    rewrite_maps(p, tx)
+
+
+def rewrite_maps(p: EbpfPlan, tx: Transaction) -> None:
+    """The pinned maps from what they hold to what the plan wants, in write_order, as steps."""
     typed: dict[str, TypedMap] = {}
     for mw in p.maps:
         fd = pins.open_pin(os.path.join(p.pin_dir, map_pin_name(mw.map)))

@@ -174,16 +174,23 @@ class EbpfEngine(RedirectEngine):
 
     def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None, record: dict) -> None:
         """Over an eBPF install whose programs are attached as this plan wants them, only the maps
-        change (reconfigure.py): nothing detached, nothing compiled. Otherwise the earlier
-        install goes first and everything is made anew."""
+        change (reconfigure.py): nothing detached, nothing compiled. When the programs must
+        change in the same pin directory, cgroup and interface, the new ones take each old
+        attachment's place in one call, on the installed maps (replace.py). Otherwise (another
+        bpffs, cgroup or tc interface, or an install that drifted) the earlier install goes
+        first and everything is made anew."""
         from . import engine as ebpf_engine
+        from . import replace
         from .reconfigure import layout_key, update_maps
 
-        if previous and previous.get("layout") == layout_key(plan) and not self.status(previous)[2]:  # type: ignore[arg-type]
+        in_force = bool(previous) and not self.status(previous or {})[2]
+        if in_force and previous and previous.get("layout") == layout_key(plan):  # type: ignore[arg-type]
             update_maps(plan, tx, previous, record)  # type: ignore[arg-type]
-            return
-        self.remove_previous(tx, config, previous)
-        ebpf_engine.apply(plan, tx, record)  # type: ignore[arg-type]
+        elif in_force and previous and replace.possible(plan, previous):  # type: ignore[arg-type]
+            replace.replace_programs(plan, tx, previous, record, tx.log)  # type: ignore[arg-type]
+        else:
+            self.remove_previous(tx, config, previous)
+            ebpf_engine.apply(plan, tx, record)  # type: ignore[arg-type]
 
     def installed_line(self, plan: EnginePlan, record: dict) -> str:
         s = plan.settings  # type: ignore[attr-defined]

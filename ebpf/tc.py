@@ -71,6 +71,15 @@ def add_filter(index: int, direction: str, prog_fd: int, program: str, prog_id: 
     return TcFilter(index, direction, TC_PRIO, TC_HANDLE, program, prog_id)
 
 
+def replace_filter(flt: TcFilter, prog_fd: int, program: str, prog_id: int) -> TcFilter:
+    """The filter at flt's place (interface, direction, prio, handle) runs prog from now on:
+    one RTM_NEWTFILTER with NLM_F_REPLACE, the classifier swaps its program under RCU."""
+    with _ipr() as ipr:
+        ipr.tc("replace-filter", "bpf", flt.ifindex, flt.handle, fd=prog_fd, name=f"{program}#{prog_id}",
+               parent=PARENTS[flt.direction], classid=1, direct_action=True, prio=flt.prio)
+    return TcFilter(flt.ifindex, flt.direction, flt.prio, flt.handle, program, prog_id)
+
+
 def del_filter(flt: TcFilter) -> None:
     with _ipr() as ipr:
         ipr.tc("del-filter", "bpf", flt.ifindex, flt.handle, parent=PARENTS[flt.direction],

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from sandbox.netns import SRV_V4, Sandbox
+from sandbox.netns import APP_V4, SRV_V4, Sandbox
 from sandbox.scenario import PEERS
 from tests.netns import haproxy_sidecar
 from tests.netns.conftest import install, install_args
@@ -34,14 +34,15 @@ HALF_WAY = {"iptables-nft": "iptables-nft IPv4 nat", "iptables-legacy": "iptable
 
 
 class Flow:
-    def __init__(self, sandbox: Sandbox):
+    def __init__(self, sandbox: Sandbox, ns: str | None = None, host: str = SRV_V4, port: int = 9000):
         self.sb = sandbox
+        self.ns, self.host, self.port = ns or sandbox.app, host, port
         self.log = os.path.join(sandbox.tmp, f"flow-{time.monotonic_ns()}.log")
         self.stop_file = self.log + ".stop"
 
     def __enter__(self) -> Flow:
-        self.proc = self.sb.spawn(self.sb.app, self.sb.python(
-            PEERS, "flow", SRV_V4, "9000", "--stop-file", self.stop_file, "--seconds", "20", "--count", "5000",
+        self.proc = self.sb.spawn(self.ns, self.sb.python(
+            PEERS, "flow", self.host, str(self.port), "--stop-file", self.stop_file, "--seconds", "20", "--count", "5000",
             "--interval", "0.004"),
             log=self.log)
         deadline = time.monotonic() + 10
@@ -128,3 +129,99 @@ def test_a_reconfiguration_failing_half_way_leaves_the_previous_install_in_force
     _assert_all_through_the_sidecar(flow, log, forwarded_before)
     after = _status(sandbox)
     assert after == before  # the state file and the kernel: the previous install, whole
+
+
+def _changed_programs(sandbox: Sandbox) -> str:
+    """bpf_src with one comment more: another source, so the programs must be replaced."""
+    import shutil
+
+    import ebpf.settings
+
+    copy = os.path.join(sandbox.tmp, "bpf_src_changed")
+    shutil.copytree(ebpf.settings.DEFAULT_SOURCE_PATH, copy)
+    with open(os.path.join(copy, "tp_connect.c"), "a", encoding="utf-8") as handle:
+        handle.write("/* a newer tpctl */\n")
+    return copy
+
+
+def _map_ids(sandbox: Sandbox) -> dict[str, int]:
+    from ebpf import libbpf, pins
+
+    out = {}
+    for name in pins.list_pins(sandbox.bpffs):
+        if name.startswith("map_"):
+            fd = pins.open_pin(os.path.join(pins.pin_dir(sandbox.bpffs), name))
+            try:
+                out[name] = libbpf.map_info(fd)["id"]
+            finally:
+                os.close(fd)
+    return out
+
+
+def test_new_ebpf_programs_take_the_old_ones_places_on_the_same_maps_without_a_gap(sandbox):
+    log = _scene(sandbox)
+    install(sandbox, "ebpf", *BASE, *BEFORE)
+    before, maps, old_ids = _status(sandbox), _map_ids(sandbox), _prog_ids(sandbox)
+    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
+    with Flow(sandbox) as flow:
+        result = sandbox.tpctl(*install_args("ebpf", sandbox, *BASE, *AFTER, "--ebpf-programs-source-path",
+                                             _changed_programs(sandbox)), "--verbose")
+    assert result.returncode == 0, result.stderr
+    _assert_all_through_the_sidecar(flow, log, forwarded_before)
+    steps = [line.removeprefix("step: ") for line in result.stderr.splitlines() if line.startswith("step: ")]
+    assert "replace:tp_sock4_connect" in steps and "tc:replace:tp_tc_ingress" not in steps, steps  # inbound off
+    assert not any(s.startswith(("attach:", "detach:")) for s in steps), steps  # every program swapped in place
+    after = _status(sandbox)  # no drift: every recorded program is pinned and attached
+    assert after["ebpf"]["programs"] == before["ebpf"]["programs"]
+    new_ids = _prog_ids(sandbox)
+    assert set(new_ids) == set(old_ids) and not set(new_ids.values()) & set(old_ids.values()), (old_ids, new_ids)
+    assert _map_ids(sandbox) == maps  # the same maps, shared by the new programs
+    assert after["ebpf"]["settings"]["tp_excl_out_ports"] == {"7001": 1, "7002": 1}, after["ebpf"]["settings"]
+
+
+def _prog_ids(sandbox: Sandbox) -> dict[str, int]:
+    with open(os.path.join(sandbox.state_dir, "state.json"), encoding="utf-8") as handle:
+        return json.load(handle)["ebpf"]["prog_ids"]
+
+
+def test_switching_dns_redirection_on_adds_its_programs_beside_the_swapped_ones(sandbox):
+    log = _scene(sandbox)
+    install(sandbox, "ebpf", *BASE)
+    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
+    with Flow(sandbox) as flow:
+        result = sandbox.tpctl(*install_args("ebpf", sandbox, *BASE, "--redirect-dns"), "--verbose")
+    assert result.returncode == 0, result.stderr
+    _assert_all_through_the_sidecar(flow, log, forwarded_before)
+    steps = [line.removeprefix("step: ") for line in result.stderr.splitlines() if line.startswith("step: ")]
+    assert "attach:tp_sock4_sendmsg" in steps and "replace:tp_sock4_connect" in steps, steps
+    assert "tp_sock4_sendmsg" in _status(sandbox)["ebpf"]["programs"]
+
+
+def test_a_program_replacement_failing_half_way_leaves_the_old_programs_attached(sandbox):
+    log = _scene(sandbox)
+    install(sandbox, "ebpf", *BASE, *BEFORE)
+    before, maps, old_ids = _status(sandbox), _map_ids(sandbox), _prog_ids(sandbox)
+    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
+    with Flow(sandbox) as flow:
+        result = sandbox.tpctl(*install_args("ebpf", sandbox, *BASE, *AFTER, "--ebpf-programs-source-path",
+                                             _changed_programs(sandbox)),
+                               env={"TPCTL_FAULT_INJECT": "replace:tp_sock4_connect"})
+    assert result.returncode == 4, result.stderr
+    _assert_all_through_the_sidecar(flow, log, forwarded_before)
+    assert _status(sandbox) == before and _map_ids(sandbox) == maps and _prog_ids(sandbox) == old_ids
+
+
+def test_inbound_connections_keep_going_through_the_sidecar_while_the_tc_programs_are_replaced(scene, sandbox):
+    """The python sidecar of the standard scene (inbound on 15006): a client on the server host
+    connects in to the app one connection after another while new programs replace the tc ones."""
+    install(sandbox, "ebpf", "--ip-family-mode", "ipv4")
+    scene.clear()
+    with Flow(sandbox, sandbox.srv, APP_V4, 8080) as flow:
+        result = sandbox.tpctl(*install_args("ebpf", sandbox, "--ip-family-mode", "ipv4", "--ebpf-programs-source-path",
+                                             _changed_programs(sandbox)), "--verbose")
+    assert result.returncode == 0, result.stderr
+    steps = [line.removeprefix("step: ") for line in result.stderr.splitlines() if line.startswith("step: ")]
+    assert "tc:replace:tp_tc_ingress" in steps and "tc:replace:tp_tc_egress" in steps, steps
+    assert flow.result["bypassed"] == 0 and flow.result["failed"] == 0 and flow.result["ok"] >= 5, flow.result
+    assert len(scene.connections("inbound")) == flow.result["ok"]
+    _status(sandbox)  # no drift: the new tc programs are the ones recorded
