@@ -114,14 +114,18 @@ def map_info(fd: int) -> dict:
             "max_entries": info.max_entries, "map_flags": info.map_flags}
 
 
-def map_lookup(fd: int, key: ct.Structure | ct._SimpleCData, value) -> bool:
-    ret = _lib().bpf_map_lookup_elem(fd, ct.byref(key), ct.byref(value))
+def _found(ret: int, what: str) -> bool:
+    """A map call's result: False for ENOENT (no such key, or no next key), else raise."""
     if ret < 0:
         err = -ret if ret != -1 else ct.get_errno()
         if err == errno_mod.ENOENT:
             return False
-        _check(ret, "bpf_map_lookup_elem")
+        _check(ret, what)
     return True
+
+
+def map_lookup(fd: int, key: ct.Structure | ct._SimpleCData, value) -> bool:
+    return _found(_lib().bpf_map_lookup_elem(fd, ct.byref(key), ct.byref(value)), "bpf_map_lookup_elem")
 
 
 def map_update(fd: int, key, value, flags: int = BPF_ANY) -> None:
@@ -131,25 +135,13 @@ def map_update(fd: int, key, value, flags: int = BPF_ANY) -> None:
 
 def map_delete(fd: int, key) -> bool:
     """False when the key was not there (a reconfiguration's undo may meet either)."""
-    ret = _lib().bpf_map_delete_elem(fd, ct.byref(key))
-    if ret < 0:
-        err = -ret if ret != -1 else ct.get_errno()
-        if err == errno_mod.ENOENT:
-            return False
-        _check(ret, "bpf_map_delete_elem")
-    return True
+    return _found(_lib().bpf_map_delete_elem(fd, ct.byref(key)), "bpf_map_delete_elem")
 
 
 def map_next_key(fd: int, key, next_key) -> bool:
     """Fills next_key with the key after key (None: the first key); False at the end."""
-    ret = _lib().bpf_map_get_next_key(fd, ct.byref(key) if key is not None else None,
-                                      ct.byref(next_key))
-    if ret < 0:
-        err = -ret if ret != -1 else ct.get_errno()
-        if err == errno_mod.ENOENT:
-            return False
-        _check(ret, "bpf_map_get_next_key")
-    return True
+    return _found(_lib().bpf_map_get_next_key(fd, ct.byref(key) if key is not None else None, ct.byref(next_key)),
+                  "bpf_map_get_next_key")
 
 
 # --- raw BPF_PROG_LOAD, for feature probes that must not depend on BCC or headers ---

@@ -9,8 +9,9 @@ The life of an install, as the pipeline drives it:
   probe HostFacts once -> for each engine the config requests, in registry order: checks ->
   the first whose required checks pass is chosen (engine.choose adds its own choices, e.g. the
   iptables backend) -> engine.plan once -> --dry-run prints plan.render(), or, under the state
-  lock, in one transaction: every engine's remove_previous, the ::6 passthrough, engine.apply,
-  the state record.
+  lock, in one transaction: the ::6 passthrough, the chosen engine's apply (which replaces its
+  own earlier install in place, without a gap), every other engine's remove_previous (new
+  before old), the state record.
 """
 from __future__ import annotations
 
@@ -137,8 +138,10 @@ class RedirectEngine(abc.ABC):
 
     @abc.abstractmethod
     def remove_previous(self, tx: Transaction, config: Config, record: dict | None) -> None:
-        """Add the steps that remove this engine's objects of an earlier install (its record,
-        or None: then what its tags and pins show) to the install's transaction."""
+        """Another engine was chosen: add the steps that remove this engine's objects of an
+        earlier install (its record, or None: then what its tags and pins show) to the install's
+        transaction. They run after the chosen engine's steps, so the two overlap for a moment:
+        an engine must leave the other's redirect target (127.0.0.1:15001 on lo) alone."""
 
     @abc.abstractmethod
     def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None, record: dict) -> None:
@@ -146,7 +149,9 @@ class RedirectEngine(abc.ABC):
         of State) with each object *before* the kernel call that makes it: the transaction writes
         it to the journal at each step and at tx.intend(), so this engine's uninstall(record)
         removes whatever of it exists after a crash at any instant. `previous` is this engine's
-        record of the install being replaced (what it owned and the new install keeps)."""
+        record of the install being replaced (None: none, or only tags and pins show one): apply
+        replaces it in place, so that no connection goes around the sidecar at any instant, and
+        a failure of a later step puts it back whole."""
 
     @abc.abstractmethod
     def installed_line(self, plan: EnginePlan, record: dict) -> str:

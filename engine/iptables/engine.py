@@ -82,9 +82,9 @@ def _retrying(action, retries: int, pause: float):
 
 def install_steps(tx: Transaction, config: Config, the_plan: IptablesPlan, record: dict,
                   replaced: dict[int, set]) -> list[Step]:
-    """One step per apply unit (a table, or a family's tables at once) of the plan, each swapping
-    the earlier install's objects in its tables (and tagged leftovers) for the new ones in the
-    same commit. `replaced`: the earlier install's rule texts per family (recorded_lines)."""
+    """One step per table of the plan, each swapping the earlier install's objects in it (and
+    tagged leftovers) for the new ones in the same commit, then one for each table only the
+    earlier install used. `replaced`: the earlier install's rule texts per family (recorded_lines)."""
     backend = make_backend(the_plan.backend, config.wait, parse_executables(config.iptables_executables),
                            the_plan.applier)
     steps: list[Step] = []

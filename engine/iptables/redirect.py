@@ -51,7 +51,7 @@ class IptablesEngine(RedirectEngine):
         # and iptables-nft-restore remakes the tables.
         for family, created in sorted((record or {}).get("nft_created", {}).items()):
             tx.step(f"remove the previous install's empty nf_tables tables (IPv{family})",
-                        functools.partial(iptables.remove_scaffold, config.wait, int(family), created))
+                    functools.partial(iptables.remove_scaffold, config.wait, int(family), created))
 
     def apply(self, tx: Transaction, config: Config, plan: EnginePlan, previous: dict | None, record: dict) -> None:
         """Each table is swapped in one commit: the earlier install's rules there (recorded, or

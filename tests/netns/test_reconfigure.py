@@ -158,16 +158,23 @@ def _map_ids(sandbox: Sandbox) -> dict[str, int]:
     return out
 
 
-def test_new_ebpf_programs_take_the_old_ones_places_on_the_same_maps_without_a_gap(sandbox):
+def _replaced_under_flow(sandbox: Sandbox, env: dict | None = None):
+    """An eBPF install, then one from changed programs while a flow runs through HAProxy: the
+    result, and the status, map ids and program ids from before it."""
     log = _scene(sandbox)
     install(sandbox, "ebpf", *BASE, *BEFORE)
-    before, maps, old_ids = _status(sandbox), _map_ids(sandbox), _prog_ids(sandbox)
+    before = (_status(sandbox), _map_ids(sandbox), _prog_ids(sandbox))
     forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
     with Flow(sandbox) as flow:
         result = sandbox.tpctl(*install_args("ebpf", sandbox, *BASE, *AFTER, "--ebpf-programs-source-path",
-                                             _changed_programs(sandbox)), "--verbose")
-    assert result.returncode == 0, result.stderr
+                                             _changed_programs(sandbox)), "--verbose", env=env)
     _assert_all_through_the_sidecar(flow, log, forwarded_before)
+    return result, before
+
+
+def test_new_ebpf_programs_take_the_old_ones_places_on_the_same_maps_without_a_gap(sandbox):
+    result, (before, maps, old_ids) = _replaced_under_flow(sandbox)
+    assert result.returncode == 0, result.stderr
     steps = [line.removeprefix("step: ") for line in result.stderr.splitlines() if line.startswith("step: ")]
     assert "replace:tp_sock4_connect" in steps and "tc:replace:tp_tc_ingress" not in steps, steps  # inbound off
     assert not any(s.startswith(("attach:", "detach:")) for s in steps), steps  # every program swapped in place
@@ -198,16 +205,9 @@ def test_switching_dns_redirection_on_adds_its_programs_beside_the_swapped_ones(
 
 
 def test_a_program_replacement_failing_half_way_leaves_the_old_programs_attached(sandbox):
-    log = _scene(sandbox)
-    install(sandbox, "ebpf", *BASE, *BEFORE)
-    before, maps, old_ids = _status(sandbox), _map_ids(sandbox), _prog_ids(sandbox)
-    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
-    with Flow(sandbox) as flow:
-        result = sandbox.tpctl(*install_args("ebpf", sandbox, *BASE, *AFTER, "--ebpf-programs-source-path",
-                                             _changed_programs(sandbox)),
-                               env={"TPCTL_FAULT_INJECT": "replace:tp_sock4_connect"})
+    result, (before, maps, old_ids) = _replaced_under_flow(sandbox, {"TPCTL_FAULT_INJECT": "replace:tp_sock4_connect"})
     assert result.returncode == 4, result.stderr
-    _assert_all_through_the_sidecar(flow, log, forwarded_before)
+    assert "undo: replace:tp_sock4_connect" in result.stderr, result.stderr
     assert _status(sandbox) == before and _map_ids(sandbox) == maps and _prog_ids(sandbox) == old_ids
 
 
