@@ -1,8 +1,10 @@
 """The eBPF engine's facade: feature_checks, plan, apply, uninstall, status."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from dataclasses import dataclass, field
 
 from engine.contract import Transaction, transaction
 
@@ -210,6 +212,77 @@ def uninstall(bpffs_path: str, record: dict | None, cgroup_path: str | None,
         else:
             removed.append(f"unmounted bpffs {bpffs_path} (install mounted it)")
     return removed
+
+
+# Detaching for another engine: these redirect a connection (or a DNS query, or an inbound SYN)
+# and go first; the rest answer for connections already redirected (getsockopt's original
+# destination, getpeername, the reply rewrites) and go a moment later, so that a connection
+# redirected just before the switch still finds its answers.
+REDIRECTING = ("tp_sock4_connect", "tp_sock6_connect", "tp_sock4_sendmsg", "tp_sock6_sendmsg", "tp_tc_ingress")
+ANSWER_GRACE_S = 0.1
+
+
+@dataclass
+class Detached:
+    """What detach_all took off, to put back (the undo) with the fds that keep the programs."""
+
+    progs: dict
+    maps: dict
+    done: list = field(default_factory=list)  # ("cgroup", name, path, kind) | ("sk_msg", name) | ("tc", TcFilter)
+
+    def close(self) -> None:
+        for fd, _ in self.progs.values():
+            os.close(fd)
+        for fd in self.maps.values():
+            os.close(fd)
+        self.progs, self.maps = {}, {}
+
+
+def detach_all(bpffs_path: str, record: dict | None) -> Detached:
+    """Take every attachment of an install off (cgroup, sk_msg, tc), keeping its pins: the
+    programs stay loaded, so reattach() can put them back. The redirecting hooks go first."""
+    import time
+
+    progs, maps = _open_pinned(bpffs_path)
+    out = Detached(progs, maps)
+    meta = _read_meta(maps) or {}
+    cgroups = {meta.get("cgroup_path")} | {a.get("cgroup_path") for a in (record or {}).get("attachments", [])}
+    index = ((record or {}).get("tc") or {}).get("ifindex") or meta.get("tc_ifindex")
+    filters = {f.program: f for f in tc.our_filters(index)} if index else {}
+    for group in (REDIRECTING, None):
+        for prog in PROGRAMS:
+            if (prog.name in REDIRECTING) != (group is not None) or prog.name not in progs:
+                continue
+            fd, prog_id = progs[prog.name]
+            if prog.hook == HOOK_CGROUP:
+                kind = prog.attach_type or 0
+                for cg in sorted(c for c in cgroups if c and os.path.isdir(c)):
+                    if prog_id in cgroup.attached_ids(cg, kind):
+                        cgroup.detach(fd, cg, kind)
+                        out.done.append(("cgroup", prog.name, cg, kind))
+            elif prog.hook == HOOK_SK_MSG and SOCKHASH_MAP in maps:
+                with contextlib.suppress(OSError):  # not attached
+                    libbpf.prog_detach(fd, maps[SOCKHASH_MAP], ATTACH_SK_MSG_VERDICT)
+                    out.done.append(("sk_msg", prog.name))
+            elif prog.name in filters:
+                tc.del_filter(filters[prog.name])
+                out.done.append(("tc", filters[prog.name]))
+        if group is not None and out.done:
+            time.sleep(ANSWER_GRACE_S)
+    return out
+
+
+def reattach(detached: Detached) -> None:
+    """The undo of detach_all: every attachment back, the answering hooks first."""
+    for what in reversed(detached.done):
+        if what[0] == "cgroup":
+            _kind, name, cg, attach_type = what
+            cgroup.attach(detached.progs[name][0], cg, attach_type)
+        elif what[0] == "sk_msg":
+            libbpf.prog_attach(detached.progs[what[1]][0], detached.maps[SOCKHASH_MAP], ATTACH_SK_MSG_VERDICT, 0)
+        else:
+            flt = what[1]
+            tc.add_filter(flt.ifindex, flt.direction, detached.progs[flt.program][0], flt.program, flt.prog_id)
 
 
 def _detach_cgroup(cg: str, progs: dict) -> list[str]:

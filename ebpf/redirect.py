@@ -165,8 +165,22 @@ class EbpfEngine(RedirectEngine):
 
     def remove_previous(self, tx: Transaction, config: Config, record: dict | None) -> None:
         """Another engine redirects now: an earlier eBPF install (recorded, or pinned under this
-        bpffs) goes. Its programs cannot be put back, so this step has no undo; the pipeline
-        runs it after the new engine's steps, with only the state record after it."""
+        bpffs) goes. Its attachments come off in an undoable step (the pins keep the programs,
+        so a later failure puts them back); the pins, the clsact qdisc and the bpffs go once the
+        install is committed (no traffic meets them any more)."""
+        from . import engine as ebpf_engine
+
+        path = (record or {}).get("bpffs_path") or config.ebpf_bpffs_path
+        if not (record or os.path.isdir(os.path.join(path, "tpctl"))):
+            return
+        detached = tx.step("detach the previous eBPF programs", lambda: ebpf_engine.detach_all(path, record),
+                           ebpf_engine.reattach)
+        tx.at_end(detached.close)
+        tx.at_commit(lambda: self.uninstall(record, {"ebpf_bpffs_path": path}, False, lambda _line: None))
+
+    def _remove_now(self, tx: Transaction, config: Config, record: dict | None) -> None:
+        """The earlier eBPF install goes before a new one is made in its place (no undo: its
+        programs cannot be put back once their pins are gone)."""
         path = (record or {}).get("bpffs_path") or config.ebpf_bpffs_path
         if record or os.path.isdir(os.path.join(path, "tpctl")):
             tx.step("remove the previous eBPF install", lambda: self.uninstall(record, {"ebpf_bpffs_path": path},
@@ -189,7 +203,7 @@ class EbpfEngine(RedirectEngine):
         elif in_force and previous and replace.possible(plan, previous):  # type: ignore[arg-type]
             replace.replace_programs(plan, tx, previous, record, tx.log)  # type: ignore[arg-type]
         else:
-            self.remove_previous(tx, config, previous)
+            self._remove_now(tx, config, previous)
             ebpf_engine.apply(plan, tx, record)  # type: ignore[arg-type]
 
     def installed_line(self, plan: EnginePlan, record: dict) -> str:

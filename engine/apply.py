@@ -80,12 +80,25 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
                     if each is not engine:
                         each.remove_previous(tx, config, state.engine_part(previous, each.name))
                 _passthrough_gone(tx, 6 in choice.families, state.owns_passthrough(previous))
-                tx.step("record the install in the state file", lambda: _commit(state_dir, whole),
+                # the journal keeps naming the replaced install while its last objects (no traffic
+                # goes through them any more) are still to go after the commit
+                tx.step("record the install in the state file",
+                        lambda: _commit(state_dir, whole, previous if tx and tx.commit_actions else None),
                         lambda _r: _uncommit(state_dir, previous))
             committed = True
         finally:
             if not committed and tx is not None and tx.rolled_back_cleanly:  # the host is as before: so is the journal
                 _uncommit(state_dir, previous)
+        if tx.commit_actions:
+            for action in tx.commit_actions:
+                try:
+                    action()
+                except Exception as err:  # committed: the new install redirects; say what stayed
+                    say(f"tpctl: warning: the replaced install's last objects were not all removed ({err}); "
+                        "tpctl uninstall removes them (the journal names them)")
+                    break
+            else:
+                journal.write(state_dir, True, None, [whole])
     say(engine.installed_line(plan, record))
 
 
@@ -114,9 +127,10 @@ def _previous_install(config: Config, state_dir: str, say: Say) -> dict | None:
     return previous
 
 
-def _commit(state_dir: str, whole: dict) -> None:
+def _commit(state_dir: str, whole: dict, replaced: dict | None = None) -> None:
     state.save(state_dir, whole)
-    journal.write(state_dir, True, None, [whole])  # the owner record, for when state.json is lost
+    # the owner record, for when state.json is lost (and the replaced one, while it has objects left)
+    journal.write(state_dir, True, None, [*([replaced] if replaced else []), whole])  # the install last, as always
 
 
 def _uncommit(state_dir: str, previous: dict | None) -> None:

@@ -63,6 +63,7 @@ class Transaction:
         self._held: list[int] = []
         self._holding = False
         self._at_end: list[Callable[[], Any]] = []
+        self.commit_actions: list[Callable[[], Any]] = []  # run by the caller once the result is kept
         self.rolled_back_cleanly = False  # set by transaction() after a rollback
 
     def intend(self) -> None:
@@ -75,6 +76,11 @@ class Transaction:
     def at_end(self, action: Callable[[], Any]) -> None:
         """Run action when the transaction ends, kept or rolled back (e.g. close fds undos need)."""
         self._at_end.append(action)
+
+    def at_commit(self, action: Callable[[], Any]) -> None:
+        """Work that cannot be undone and changes no traffic (e.g. unpinning programs already
+        detached by an undoable step): the caller runs it once the install is committed."""
+        self.commit_actions.append(action)
 
     def step(self, name: str, do: Callable[[], Any], undo: Callable[[Any], Any] | None = None) -> Any:
         """Run do(); record undo(result) before a held signal may end the install."""

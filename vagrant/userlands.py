@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="userlands in flight at once (made and set up, or tested); the tests run one at a "
                              "time. 2: the next root is set up while the last one's tests run (1: one after "
                              "the other)")
+    parser.add_argument("--test-jobs", type=int, default=1,
+                        help="userlands in their tests at once (default 1: the tests one at a time)")
     parser.add_argument("--tests", nargs="+", default=[], help="pytest arguments (default: the whole suite)")
     parser.add_argument("--timeout-scale", type=float, default=1.0,
                         help="TPCTL_TIMEOUT_SCALE for tpctl's and the sandbox's time limits in the roots")
@@ -298,11 +300,12 @@ def leftovers(cache: str, cgroups: list[str]) -> list[str]:
     return found
 
 
-def run_all(userlands: list[Userland], jobs: int) -> None:
-    """At most `jobs` userlands in flight (being made and set up, or tested), the tests one at a
-    time as each root is ready. Measured here: set-up and the suite each keep about one core busy,
-    so on 2 cores --jobs 2 makes the next root while the tests of the last run. jobs 1: one after
-    the other, each test run on a quiet host."""
+def run_all(userlands: list[Userland], jobs: int, test_jobs: int = 1) -> None:
+    """At most `jobs` userlands in flight (being made and set up, or tested), at most
+    `test_jobs` of them in their tests at once, each tested as its root is ready. Measured here:
+    set-up and the suite each keep about one core busy, so on 2 cores --jobs 2 makes the next
+    root while the tests of the last run. jobs 1: one after the other, each test run on a quiet
+    host."""
     if jobs <= 1:
         for userland in userlands:
             userland.result = userland.prepare().test()
@@ -313,18 +316,25 @@ def run_all(userlands: list[Userland], jobs: int) -> None:
         slots.acquire()
         return userland.prepare()
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+    def test(userland: Userland) -> None:
+        try:
+            userland.result = userland.test()
+        finally:
+            slots.release()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=max(1, test_jobs)) as testers:
         futures = [pool.submit(prepare, u) for u in userlands]
+        tests = []
         try:
             for future in concurrent.futures.as_completed(futures):
-                userland = future.result()
-                try:
-                    userland.result = userland.test()
-                finally:
-                    slots.release()
-        except BaseException:  # the pool's exit waits for its threads: end their commands first
+                tests.append(testers.submit(test, future.result()))
+            for done in tests:
+                done.result()
+        except BaseException:  # the pools' exits wait for their threads: end their commands first
             chroot.stop()
             pool.shutdown(wait=False, cancel_futures=True)
+            testers.shutdown(wait=False, cancel_futures=True)
             for _ in futures:  # and wake the ones waiting for a slot (chroot.Stopped ends them)
                 slots.release()
             raise
@@ -350,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     userlands = [Userland(spec, bootstrap, args, cgroup2) for spec in chosen]
     started = time.monotonic()
     try:
-        run_all(userlands, args.jobs)
+        run_all(userlands, args.jobs, args.test_jobs)
     except BaseException:  # Ctrl-C, SIGTERM: every namespace started goes with its first process
         chroot.stop()
         raise
@@ -366,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"userlands: {row.suite}: engine {row.engine or '-'}, tests {row.passed} passed / {row.failed} failed / "
               f"{row.skipped} skipped: {'ok' if row.ok else 'FAIL'}", flush=True)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
-            "kernel": platform.release(), "tests": list(args.tests), "jobs": args.jobs,
+            "kernel": platform.release(), "tests": list(args.tests), "jobs": args.jobs, "test_jobs": args.test_jobs,
             "seconds": round(time.monotonic() - started, 1)}
     label = f"{meta['when']} at {meta['commit']}"
     rows = [dataclasses.replace(r, run=label) for r in rows]

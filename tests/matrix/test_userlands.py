@@ -314,6 +314,31 @@ def test_roots_are_made_beside_the_tests_which_run_one_at_a_time_as_each_root_is
                                                       ("test", "fast")]
 
 
+def test_with_test_jobs_two_userlands_are_in_their_tests_at_once_and_never_more():
+    import threading
+    import time
+
+    testing: set = set()
+    most = []
+    lock = threading.Lock()
+
+    class Tested(_Fake):
+        def test(self):
+            with lock:
+                testing.add(self.name)
+                most.append(len(testing))
+            time.sleep(0.2)
+            with lock:
+                testing.discard(self.name)
+            return {"name": self.name}
+
+    log: list = []
+    flight: set = set()
+    four = [Tested(f"u{i}", 0.0, log, flight) for i in range(4)]
+    userlands.run_all(four, jobs=4, test_jobs=2)
+    assert max(most) == 2 and all(u.result == {"name": u.name} for u in four)
+
+
 def test_run_gives_the_exit_code_the_time_limit_and_the_cpu_seconds(tmp_path):
     log = str(tmp_path / "log")
     assert chroot.run(["sh", "-c", "echo hi; exit 3"], log, 30) == 3

@@ -131,6 +131,23 @@ def test_a_reconfiguration_failing_half_way_leaves_the_previous_install_in_force
     assert after == before  # the state file and the kernel: the previous install, whole
 
 
+@pytest.mark.parametrize(("first", "then"), [("ebpf", "iptables-nft"), ("iptables-legacy", "ebpf")],
+                         ids=["ebpf-to-iptables-nft", "iptables-legacy-to-ebpf"])
+def test_an_engine_switch_failing_at_its_last_step_leaves_the_first_engine_in_force(sandbox, first, then):
+    """The last step, after the first engine's objects were taken off: they are put back."""
+    log = _scene(sandbox)
+    install(sandbox, first, *BASE, *BEFORE)
+    before = _status(sandbox)
+    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
+    with Flow(sandbox) as flow:
+        result = sandbox.tpctl(*install_args(then, sandbox, *BASE, *AFTER),
+                               env={"TPCTL_FAULT_INJECT": "record the install in the state file"})
+    assert result.returncode == 4, result.stderr
+    _assert_all_through_the_sidecar(flow, log, forwarded_before)
+    assert _status(sandbox) == before
+    _assert_nothing_left_of(sandbox, then)
+
+
 def _changed_programs(sandbox: Sandbox) -> str:
     """bpf_src with one comment more: another source, so the programs must be replaced."""
     import shutil
