@@ -42,13 +42,11 @@ SHAPE = ("type", "key_size", "value_size", "max_entries", "map_flags")
 
 
 def possible(p: EbpfPlan, previous: dict) -> bool:
-    """Same pin directory, cgroup and tc programs on the same interface: the swap needs each old
-    object where its new one goes (a program more or fewer on the cgroup is fine)."""
+    """Same pin directory and cgroup: the swap needs each old object where its new one goes (a
+    program more or fewer, or the tc programs on, off or on another interface, are fine)."""
     cgroups = {a.get("cgroup_path") for a in previous.get("attachments", []) if a.get("cgroup_path")}
     targets = {os.path.realpath(a.target) for a in p.attachments if a.hook == HOOK_CGROUP}
-    old_tc = {(f["program"], (previous.get("tc") or {}).get("iface")) for f in (previous.get("tc") or {}).get("filters", [])}
-    new_tc = {(a.program, a.target) for a in p.attachments if a.hook not in (HOOK_CGROUP, HOOK_SK_MSG)}
-    return previous.get("pin_dir") == p.pin_dir and cgroups == targets and old_tc == new_tc
+    return previous.get("pin_dir") == p.pin_dir and cgroups == targets
 
 
 def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict, say=lambda _line: None) -> None:
@@ -77,9 +75,11 @@ def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict,
         say(f"# map {name} changed shape: the new programs start it empty")
         _repin(tx, map_fd(bpf, name), os.path.join(p.pin_dir, map_pin_name(name)), old_maps.get(name))
     old_attachments = {a["program"]: a for a in previous.get("attachments", [])}
-    old_filters = {f["program"]: f for f in (previous.get("tc") or {}).get("filters", [])}
+    old_tc = previous.get("tc") or {}
+    new_tc = _tc_place(tx, p, old_tc, record)
+    same_iface = new_tc is not None and old_tc.get("ifindex") == new_tc["ifindex"]
+    old_filters = {f["program"]: f for f in old_tc.get("filters", [])} if same_iface else {}
     record["attachments"] = []
-    new_filters = []
     for att in p.attachments:
         if att.program not in fns:
             continue
@@ -106,17 +106,31 @@ def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict,
             tx.step(f"replace:{att.program}" if old is not None else f"attach:{att.program}",
                     functools.partial(libbpf.prog_attach, fn.fd, sockhash, ATTACH_SK_MSG_VERDICT, 0), undo)
         else:
-            was = old_filters.get(att.program)
-            assert was is not None and record.get("tc") is not None  # possible() made sure
-            flt = tc.TcFilter(was["ifindex"], was["direction"], was["prio"], was["handle"], was["program"],
-                              was["prog_id"])
-            tx.step(f"tc:replace:{att.program}",
-                    functools.partial(tc.replace_filter, flt, fn.fd, att.program, prog_id),
-                    functools.partial(_unreplace_tc, flt, old[0] if old else -1))
-            new_filters.append(tc.TcFilter(flt.ifindex, flt.direction, flt.prio, flt.handle, att.program,
-                                           prog_id).as_record())
-    if record.get("tc") is not None:
-        record["tc"] = {**record["tc"], "filters": new_filters}
+            assert new_tc is not None  # _tc_place made it for the plan's tc programs
+            was = old_filters.pop(att.program, None)
+            if was is not None and old is not None:
+                flt = tc.TcFilter(was["ifindex"], was["direction"], was["prio"], was["handle"], was["program"],
+                                  was["prog_id"])
+                tx.step(f"tc:replace:{att.program}", functools.partial(tc.replace_filter, flt, fn.fd, att.program,
+                                                                       prog_id),
+                        functools.partial(_unreplace_tc, flt, old[0]))
+                new_tc["filters"].append(tc.TcFilter(flt.ifindex, flt.direction, flt.prio, flt.handle, att.program,
+                                                     prog_id).as_record())
+            else:
+                added = tx.step(f"tc:filter:{att.program}",
+                                functools.partial(tc.add_filter, new_tc["ifindex"], att.hook, fn.fd, att.program,
+                                                  prog_id), tc.del_filter)
+                new_tc["filters"].append(added.as_record())
+    # the old tc filters nothing replaced, and their qdisc if tpctl made it, go after the new ones
+    for was in [f for f in old_tc.get("filters", []) if not same_iface or f["program"] in old_filters]:
+        flt = tc.TcFilter(was["ifindex"], was["direction"], was["prio"], was["handle"], was["program"], was["prog_id"])
+        fd = old_progs.get(was["program"], (-1, 0))[0]
+        tx.step(f"tc:remove:{was['program']}", functools.partial(tc.del_filter, flt),
+                functools.partial(_ignoring, tc.add_filter, flt.ifindex, flt.direction, fd, flt.program, flt.prog_id))
+    if old_tc and not same_iface and old_tc.get("clsact_created"):
+        index = old_tc["ifindex"]
+        tx.step("tc:qdisc:remove", functools.partial(tc.del_clsact, index),
+                functools.partial(_ignoring, tc.add_clsact, index))
     for name, (fd, _id) in old_progs.items():  # what the new plan has no use for goes last
         dropped = old_attachments.get(name)
         if name in fns or not dropped:
@@ -142,10 +156,31 @@ def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict,
     meta = TypedMap(META_MAP, old_maps[META_MAP])
     before = meta.get(0)
     tx.step("meta", lambda: meta.put(0, {**(before or {}), "accel_attached": any(
-        a.hook == HOOK_SK_MSG and a.program in fns for a in p.attachments)}),
+        a.hook == HOOK_SK_MSG and a.program in fns for a in p.attachments),
+        "tc_ifindex": (new_tc or {}).get("ifindex", 0), "tc_prio": tc.TC_PRIO if new_tc else 0,
+        "clsact_created": bool((new_tc or {}).get("clsact_created"))}),
         lambda _r: meta.put(0, before) if before else None)
     tx.at_end(bpf.cleanup)
     rewrite_maps(p, tx)  # the new configuration, gapless, on the shared maps
+
+
+def _tc_place(tx: Transaction, p: EbpfPlan, old_tc: dict, record: dict) -> dict | None:
+    """Where the plan's tc programs go (its record part, filters filled in by the caller): the
+    old place when it is the same interface, else a clsact made there if missing; None when
+    the plan has no tc program."""
+    iface = next((a.target for a in p.attachments if a.hook not in (HOOK_CGROUP, HOOK_SK_MSG)), None)
+    if iface is None:
+        record["tc"] = None
+        return None
+    index = tc.ifindex(iface)
+    if old_tc.get("ifindex") == index:
+        record["tc"] = {**old_tc, "filters": []}
+        return record["tc"]
+    record["tc"] = {"iface": iface, "ifindex": index, "clsact_created": not tc.has_clsact(index), "filters": []}
+    created = tx.step("tc:qdisc", functools.partial(tc.add_clsact, index),
+                      lambda made: tc.del_clsact(index) if made else None)
+    record["tc"]["clsact_created"] = created
+    return record["tc"]
 
 
 def _close_all(fds: list[int]) -> None:

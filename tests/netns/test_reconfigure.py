@@ -242,3 +242,23 @@ def test_inbound_connections_keep_going_through_the_sidecar_while_the_tc_program
     assert flow.result["bypassed"] == 0 and flow.result["failed"] == 0 and flow.result["ok"] >= 5, flow.result
     assert len(scene.connections("inbound")) == flow.result["ok"]
     _status(sandbox)  # no drift: the new tc programs are the ones recorded
+
+
+@pytest.mark.parametrize("inbound", ["on", "off"])
+def test_switching_inbound_redirection_adds_or_removes_the_tc_programs_without_an_outbound_gap(sandbox, inbound):
+    log = _scene(sandbox)
+    first, then = ("--redirect-inbound=false", "--redirect-inbound=true") if inbound == "on" else \
+        ("--redirect-inbound=true", "--redirect-inbound=false")
+    install(sandbox, "ebpf", "--ip-family-mode", "ipv4", first)
+    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
+    with Flow(sandbox) as flow:
+        result = sandbox.tpctl(*install_args("ebpf", sandbox, "--ip-family-mode", "ipv4", then), "--verbose")
+    assert result.returncode == 0, result.stderr
+    _assert_all_through_the_sidecar(flow, log, forwarded_before)
+    steps = [line.removeprefix("step: ") for line in result.stderr.splitlines() if line.startswith("step: ")]
+    tc_steps = {"on": "tc:filter:tp_tc_ingress", "off": "tc:remove:tp_tc_ingress"}
+    assert tc_steps[inbound] in steps and "replace:tp_sock4_connect" in steps, steps
+    programs = _status(sandbox)["ebpf"]["programs"]
+    assert ("tp_tc_ingress" in programs) == (inbound == "on"), programs
+    shown = sandbox.run(sandbox.app, ["tc", "filter", "show", "dev", sandbox.app_if, "ingress"]).stdout
+    assert ("tp_tc_ingress" in shown) == (inbound == "on"), shown
