@@ -89,22 +89,36 @@ def _status(sandbox: Sandbox) -> dict:
     return report
 
 
-@pytest.mark.parametrize(("first", "then"), SWITCHES, ids=[f"{a}-to-{b}" for a, b in SWITCHES])
-def test_no_connection_goes_around_the_sidecar_while_an_install_is_replaced(sandbox, first, then):
+def _steps(result) -> list[str]:
+    return [line.removeprefix("step: ") for line in result.stderr.splitlines() if line.startswith("step: ")]
+
+
+def _reinstall_under_flow(sandbox: Sandbox, first: str, then: str, first_flags=(*BASE, *BEFORE),
+                          then_flags=(*BASE, *AFTER), env: dict | None = None, noted=None):
+    """`first` installed, then `then` installed over it while a flow runs through HAProxy, which
+    must have carried every connection; returns the second install's result and the status
+    from before it (and what `noted()` says then, when given)."""
     log = _scene(sandbox)
-    install(sandbox, first, *BASE, *BEFORE)
+    install(sandbox, first, *first_flags)
     before = _status(sandbox)
+    extra = noted() if noted else None
     forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
     with Flow(sandbox) as flow:
-        result = sandbox.tpctl(*install_args(then, sandbox, *BASE, *AFTER), "--verbose")
-    assert result.returncode == 0, result.stderr
+        result = sandbox.tpctl(*install_args(then, sandbox, *then_flags), "--verbose", env=env)
     _assert_all_through_the_sidecar(flow, log, forwarded_before)
+    return (result, before, extra) if noted else (result, before)
+
+
+@pytest.mark.parametrize(("first", "then"), SWITCHES, ids=[f"{a}-to-{b}" for a, b in SWITCHES])
+def test_no_connection_goes_around_the_sidecar_while_an_install_is_replaced(sandbox, first, then):
+    result, before = _reinstall_under_flow(sandbox, first, then)
+    assert result.returncode == 0, result.stderr
     after = _status(sandbox)
     assert after["config"]["exclude_outbound_ports"] == ["7001", "7002"], after["config"]
     if first == then == "ebpf":  # the programs stayed attached: the same ids, nothing compiled
         assert after["ebpf"]["programs"] == before["ebpf"]["programs"]
-        steps = [line for line in result.stderr.splitlines() if line.startswith("step: ")]
-        assert "step: compile" not in steps and "step: map:tp_excl_out_ports: add the new entries" in steps, steps
+        steps = _steps(result)
+        assert "compile" not in steps and "map:tp_excl_out_ports: add the new entries" in steps, steps
     if first != then:  # the first engine left nothing behind
         _assert_nothing_left_of(sandbox, first)
 
@@ -119,31 +133,17 @@ def _assert_nothing_left_of(sandbox: Sandbox, engine: str) -> None:
 
 @pytest.mark.parametrize("engine", sorted(HALF_WAY))
 def test_a_reconfiguration_failing_half_way_leaves_the_previous_install_in_force(sandbox, engine):
-    log = _scene(sandbox)
-    install(sandbox, engine, *BASE, *BEFORE)
-    before = _status(sandbox)
-    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
-    with Flow(sandbox) as flow:
-        result = sandbox.tpctl(*install_args(engine, sandbox, *BASE, *AFTER), env={"TPCTL_FAULT_INJECT": HALF_WAY[engine]})
+    result, before = _reinstall_under_flow(sandbox, engine, engine, env={"TPCTL_FAULT_INJECT": HALF_WAY[engine]})
     assert result.returncode == 4, result.stderr
-    _assert_all_through_the_sidecar(flow, log, forwarded_before)
-    after = _status(sandbox)
-    assert after == before  # the state file and the kernel: the previous install, whole
+    assert _status(sandbox) == before  # the state file and the kernel: the previous install, whole
 
 
 @pytest.mark.parametrize(("first", "then"), [("ebpf", "iptables-nft"), ("iptables-legacy", "ebpf")],
                          ids=["ebpf-to-iptables-nft", "iptables-legacy-to-ebpf"])
 def test_an_engine_switch_failing_at_its_last_step_leaves_the_first_engine_in_force(sandbox, first, then):
     """The last step, after the first engine's objects were taken off: they are put back."""
-    log = _scene(sandbox)
-    install(sandbox, first, *BASE, *BEFORE)
-    before = _status(sandbox)
-    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
-    with Flow(sandbox) as flow:
-        result = sandbox.tpctl(*install_args(then, sandbox, *BASE, *AFTER),
-                               env={"TPCTL_FAULT_INJECT": "record the install in the state file"})
+    result, before = _reinstall_under_flow(sandbox, first, then, env={"TPCTL_FAULT_INJECT": "record the install in the state file"})
     assert result.returncode == 4, result.stderr
-    _assert_all_through_the_sidecar(flow, log, forwarded_before)
     assert _status(sandbox) == before
     _assert_nothing_left_of(sandbox, then)
 
@@ -178,21 +178,17 @@ def _map_ids(sandbox: Sandbox) -> dict[str, int]:
 def _replaced_under_flow(sandbox: Sandbox, env: dict | None = None):
     """An eBPF install, then one from changed programs while a flow runs through HAProxy: the
     result, and the status, map ids and program ids from before it."""
-    log = _scene(sandbox)
-    install(sandbox, "ebpf", *BASE, *BEFORE)
-    before = (_status(sandbox), _map_ids(sandbox), _prog_ids(sandbox))
-    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
-    with Flow(sandbox) as flow:
-        result = sandbox.tpctl(*install_args("ebpf", sandbox, *BASE, *AFTER, "--ebpf-programs-source-path",
-                                             _changed_programs(sandbox)), "--verbose", env=env)
-    _assert_all_through_the_sidecar(flow, log, forwarded_before)
-    return result, before
+    changed = ("--ebpf-programs-source-path", _changed_programs(sandbox))
+    result, before, (maps, progs) = _reinstall_under_flow(
+        sandbox, "ebpf", "ebpf", then_flags=(*BASE, *AFTER, *changed), env=env,
+        noted=lambda: (_map_ids(sandbox), _prog_ids(sandbox)))
+    return result, (before, maps, progs)
 
 
 def test_new_ebpf_programs_take_the_old_ones_places_on_the_same_maps_without_a_gap(sandbox):
     result, (before, maps, old_ids) = _replaced_under_flow(sandbox)
     assert result.returncode == 0, result.stderr
-    steps = [line.removeprefix("step: ") for line in result.stderr.splitlines() if line.startswith("step: ")]
+    steps = _steps(result)
     assert "replace:tp_sock4_connect" in steps and "tc:replace:tp_tc_ingress" not in steps, steps  # inbound off
     assert not any(s.startswith(("attach:", "detach:")) for s in steps), steps  # every program swapped in place
     after = _status(sandbox)  # no drift: every recorded program is pinned and attached
@@ -209,14 +205,9 @@ def _prog_ids(sandbox: Sandbox) -> dict[str, int]:
 
 
 def test_switching_dns_redirection_on_adds_its_programs_beside_the_swapped_ones(sandbox):
-    log = _scene(sandbox)
-    install(sandbox, "ebpf", *BASE)
-    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
-    with Flow(sandbox) as flow:
-        result = sandbox.tpctl(*install_args("ebpf", sandbox, *BASE, "--redirect-dns"), "--verbose")
+    result, _before = _reinstall_under_flow(sandbox, "ebpf", "ebpf", BASE, (*BASE, "--redirect-dns"))
     assert result.returncode == 0, result.stderr
-    _assert_all_through_the_sidecar(flow, log, forwarded_before)
-    steps = [line.removeprefix("step: ") for line in result.stderr.splitlines() if line.startswith("step: ")]
+    steps = _steps(result)
     assert "attach:tp_sock4_sendmsg" in steps and "replace:tp_sock4_connect" in steps, steps
     assert "tp_sock4_sendmsg" in _status(sandbox)["ebpf"]["programs"]
 
@@ -237,7 +228,7 @@ def test_inbound_connections_keep_going_through_the_sidecar_while_the_tc_program
         result = sandbox.tpctl(*install_args("ebpf", sandbox, "--ip-family-mode", "ipv4", "--ebpf-programs-source-path",
                                              _changed_programs(sandbox)), "--verbose")
     assert result.returncode == 0, result.stderr
-    steps = [line.removeprefix("step: ") for line in result.stderr.splitlines() if line.startswith("step: ")]
+    steps = _steps(result)
     assert "tc:replace:tp_tc_ingress" in steps and "tc:replace:tp_tc_egress" in steps, steps
     assert flow.result["bypassed"] == 0 and flow.result["failed"] == 0 and flow.result["ok"] >= 5, flow.result
     assert len(scene.connections("inbound")) == flow.result["ok"]
@@ -246,16 +237,12 @@ def test_inbound_connections_keep_going_through_the_sidecar_while_the_tc_program
 
 @pytest.mark.parametrize("inbound", ["on", "off"])
 def test_switching_inbound_redirection_adds_or_removes_the_tc_programs_without_an_outbound_gap(sandbox, inbound):
-    log = _scene(sandbox)
     first, then = ("--redirect-inbound=false", "--redirect-inbound=true") if inbound == "on" else \
         ("--redirect-inbound=true", "--redirect-inbound=false")
-    install(sandbox, "ebpf", "--ip-family-mode", "ipv4", first)
-    forwarded_before = haproxy_sidecar.forwarded(log, 0, timeout=0)
-    with Flow(sandbox) as flow:
-        result = sandbox.tpctl(*install_args("ebpf", sandbox, "--ip-family-mode", "ipv4", then), "--verbose")
+    ipv4 = ("--ip-family-mode", "ipv4")
+    result, _before = _reinstall_under_flow(sandbox, "ebpf", "ebpf", (*ipv4, first), (*ipv4, then))
     assert result.returncode == 0, result.stderr
-    _assert_all_through_the_sidecar(flow, log, forwarded_before)
-    steps = [line.removeprefix("step: ") for line in result.stderr.splitlines() if line.startswith("step: ")]
+    steps = _steps(result)
     tc_steps = {"on": "tc:filter:tp_tc_ingress", "off": "tc:remove:tp_tc_ingress"}
     assert tc_steps[inbound] in steps and "replace:tp_sock4_connect" in steps, steps
     programs = _status(sandbox)["ebpf"]["programs"]
