@@ -158,8 +158,9 @@ def _apply_step(tx: Transaction, config: Config, backend: Backend, family: int, 
 
     def do():
         before_text = backend.save(family)
-        before["lines"] = _all_lines(live.parse_save(before_text), names)
-        going = live.find_owned(live.parse_save(before_text), replaced, only_tables=names)
+        tables_before = live.parse_save(before_text)
+        before["lines"] = _all_lines(tables_before, names)
+        going = live.find_owned(tables_before, replaced, only_tables=names)
         rules = record["rules"].setdefault(fam, [])
         chains = record["chains"].setdefault(fam, [])
         prior_scaffold = record["nft_created"].get(fam)
