@@ -7,9 +7,9 @@ setup:
 test: setup
 	.venv/bin/python -m pytest -ra $(PYTEST_ARGS)
 
-# ruff (pyflakes, bugbear, isort, pyupgrade) and mypy on engine/ and ebpf/ (pyproject.toml)
+# ruff (pyflakes, bugbear, isort, pyupgrade) on engine/, ebpf/, sandbox/ and bench/; mypy on engine/ and ebpf/ (pyproject.toml)
 lint: setup
-	.venv/bin/ruff check engine ebpf
+	.venv/bin/ruff check engine ebpf sandbox bench
 	.venv/bin/mypy
 
 test-unit: setup

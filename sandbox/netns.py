@@ -127,7 +127,7 @@ class Sandbox:
         self._namespaces: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         try:
             self.create()
         except BaseException:

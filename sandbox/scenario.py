@@ -29,7 +29,7 @@ class Scenario:
         self.server_ports, self.app_ports = server_ports, app_ports
         self.sidecar_log = os.path.join(sandbox.tmp, "sidecar.log")
 
-    def start(self) -> "Scenario":
+    def start(self) -> Scenario:
         sb = self.sb
         check_runs_as(self.proxy_uid)
         for port in self.server_ports:
