@@ -110,22 +110,37 @@ def _write_map(bpf, mw: MapWrite) -> None:
         typed.put(key, value)
 
 
+def cgroup_attachment(program: str, target: str, kind: int, prog_id: int) -> dict:
+    """A cgroup attachment as the record keeps it."""
+    return {"program": program, "cgroup_path": os.path.realpath(target), "attach_type": kind,
+            "attach_type_name": ATTACH_TYPE_NAMES[kind], "prog_id": prog_id}
+
+
+def sk_msg_attachment(program: str, prog_id: int) -> dict:
+    """The sk_msg verdict attachment to the sockhash as the record keeps it."""
+    return {"program": program, "map": SOCKHASH_MAP, "attach_type": ATTACH_SK_MSG_VERDICT,
+            "attach_type_name": "sk_msg_verdict", "prog_id": prog_id}
+
+
+def close_pinned(progs: dict, maps: dict) -> None:
+    """Close what _open_pinned opened."""
+    for fd, _ in progs.values():
+        os.close(fd)
+    for fd in maps.values():
+        os.close(fd)
+
+
 def _attach(tx: Transaction, bpf, fn, att: Attachment, record: dict, meta: dict) -> None:
     prog_id = record["prog_ids"][att.program]
     if att.hook == HOOK_CGROUP:
         kind = att.attach_type or 0  # the catalogue gives every cgroup program its attach type
-        record["attachments"].append({
-            "program": att.program, "cgroup_path": os.path.realpath(att.target),
-            "attach_type": kind, "attach_type_name": ATTACH_TYPE_NAMES[kind],
-            "prog_id": prog_id})
+        record["attachments"].append(cgroup_attachment(att.program, att.target, kind, prog_id))
         tx.step(f"attach:{att.program}",
                 lambda: cgroup.attach(fn.fd, att.target, kind),
                 lambda _: cgroup.detach(fn.fd, att.target, kind))
     elif att.hook == HOOK_SK_MSG:
         map_fd = _map_fd(bpf, SOCKHASH_MAP)
-        record["attachments"].append({"program": att.program, "map": SOCKHASH_MAP,
-                                      "attach_type": ATTACH_SK_MSG_VERDICT,
-                                      "attach_type_name": "sk_msg_verdict", "prog_id": prog_id})
+        record["attachments"].append(sk_msg_attachment(att.program, prog_id))
         tx.step(f"attach:{att.program}",
                 lambda: libbpf.prog_attach(fn.fd, map_fd, ATTACH_SK_MSG_VERDICT, 0),
                 lambda _: libbpf.prog_detach(fn.fd, map_fd, ATTACH_SK_MSG_VERDICT))
@@ -197,10 +212,7 @@ def uninstall(bpffs_path: str, record: dict | None, cgroup_path: str | None,
         removed += _remove_tc(record, meta)
         removed += pins.remove_pin_dir(bpffs_path)
     finally:
-        for fd, _ in progs.values():
-            os.close(fd)
-        for fd in maps.values():
-            os.close(fd)
+        close_pinned(progs, maps)
     # install mounted this bpffs: unmount it too, unless someone else has pinned there since
     if (record or {}).get("bpffs_mounted_by_us") and pins.is_bpffs(bpffs_path) \
             and not pins.holds_others(bpffs_path):
@@ -231,10 +243,7 @@ class Detached:
     done: list = field(default_factory=list)  # ("cgroup", name, path, kind) | ("sk_msg", name) | ("tc", TcFilter)
 
     def close(self) -> None:
-        for fd, _ in self.progs.values():
-            os.close(fd)
-        for fd in self.maps.values():
-            os.close(fd)
+        close_pinned(self.progs, self.maps)
         self.progs, self.maps = {}, {}
 
 
@@ -344,7 +353,4 @@ def status(bpffs_path: str) -> dict:
                 "pins": pins.list_pins(bpffs_path), "cgroup_path": cg, "meta": meta,
                 "programs": programs, "maps": settings}
     finally:
-        for fd, _ in progs.values():
-            os.close(fd)
-        for fd in maps.values():
-            os.close(fd)
+        close_pinned(progs, maps)

@@ -1,6 +1,9 @@
 """Feature checks: real, memoised probes of what the eBPF engine needs (docs/architecture.md §4)."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import platform
 import re
@@ -188,10 +191,6 @@ def llvm_version() -> str:
 def _memo_key(source: str, accel: bool, settings) -> str | None:
     """What decides the compile and load checks: the text BCC compiles, which programs load,
     BCC, its LLVM, the kernel build and the headers it compiles against."""
-    import dataclasses
-    import hashlib
-    import json
-
     from .compile import amalgamate
 
     try:
@@ -244,8 +243,6 @@ def feature_checks(settings=None, memo=None) -> list:
                 loaded = check_load(settings)
                 checks.extend(loaded)
                 if key and memo is not None and all(c.ok for c in loaded):
-                    import dataclasses
-
                     memo.put("ebpf", key, [dataclasses.asdict(c) for c in (compiled, *loaded)])
     else:
         checks.append(Check("prog-types", False, "program type probes need root", "run as root"))

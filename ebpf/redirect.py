@@ -170,19 +170,24 @@ class EbpfEngine(RedirectEngine):
         install is committed (no traffic meets them any more)."""
         from . import engine as ebpf_engine
 
-        path = (record or {}).get("bpffs_path") or config.ebpf_bpffs_path
-        if not (record or os.path.isdir(os.path.join(path, "tpctl"))):
+        path = self._previous_at(config, record)
+        if path is None:
             return
         detached = tx.step("detach the previous eBPF programs", lambda: ebpf_engine.detach_all(path, record),
                            ebpf_engine.reattach)
         tx.at_end(detached.close)
         tx.at_commit(lambda: self.uninstall(record, {"ebpf_bpffs_path": path}, False, lambda _line: None))
 
+    def _previous_at(self, config: Config, record: dict | None) -> str | None:
+        """The bpffs of an earlier eBPF install (recorded, or pinned under this bpffs), or None."""
+        path = (record or {}).get("bpffs_path") or config.ebpf_bpffs_path
+        return path if record or os.path.isdir(os.path.join(path, "tpctl")) else None
+
     def _remove_now(self, tx: Transaction, config: Config, record: dict | None) -> None:
         """The earlier eBPF install goes before a new one is made in its place (no undo: its
         programs cannot be put back once their pins are gone)."""
-        path = (record or {}).get("bpffs_path") or config.ebpf_bpffs_path
-        if record or os.path.isdir(os.path.join(path, "tpctl")):
+        path = self._previous_at(config, record)
+        if path is not None:
             tx.step("remove the previous eBPF install", lambda: self.uninstall(record, {"ebpf_bpffs_path": path},
                                                                                False, lambda _line: None))
 

@@ -25,7 +25,6 @@ from engine.contract import Transaction
 from . import cgroup, libbpf, pins, tc
 from .catalogue import (
     ATTACH_SK_MSG_VERDICT,
-    ATTACH_TYPE_NAMES,
     HOOK_CGROUP,
     HOOK_SK_MSG,
     MAPS,
@@ -53,10 +52,11 @@ def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict,
     from .engine import _load_all as load_all
     from .engine import _map_fd as map_fd
     from .engine import _open_pinned as open_pinned
+    from .engine import cgroup_attachment, close_pinned, sk_msg_attachment
 
     s = p.settings
     old_progs, old_maps = open_pinned(s.bpffs_path)
-    tx.at_end(functools.partial(_close_all, [fd for fd, _id in old_progs.values()] + list(old_maps.values())))
+    tx.at_end(functools.partial(close_pinned, old_progs, old_maps))
     record.clear()
     record.update(copy.deepcopy(previous))
     record.update({"prog_ids": {}, "skipped": [], "layout": layout_key(p)})
@@ -88,8 +88,7 @@ def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict,
         if att.hook == HOOK_CGROUP:
             kind = att.attach_type or 0
             target = os.path.realpath(att.target)
-            record["attachments"].append({"program": att.program, "cgroup_path": target, "attach_type": kind,
-                                          "attach_type_name": ATTACH_TYPE_NAMES[kind], "prog_id": prog_id})
+            record["attachments"].append(cgroup_attachment(att.program, target, kind, prog_id))
             if old is not None and att.program in old_attachments:
                 tx.step(f"replace:{att.program}", functools.partial(cgroup.replace, fn.fd, target, kind, old[0]),
                         functools.partial(_unreplace_cgroup, old[0], target, kind, fn.fd))
@@ -98,9 +97,7 @@ def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict,
                         functools.partial(_ignoring, cgroup.detach, fn.fd, target, kind))
         elif att.hook == HOOK_SK_MSG:
             sockhash = map_fd(bpf, SOCKHASH_MAP)
-            record["attachments"].append({"program": att.program, "map": SOCKHASH_MAP,
-                                          "attach_type": ATTACH_SK_MSG_VERDICT, "attach_type_name": "sk_msg_verdict",
-                                          "prog_id": prog_id})
+            record["attachments"].append(sk_msg_attachment(att.program, prog_id))
             undo = (functools.partial(_reattach_sk_msg, old[0], sockhash) if old is not None
                     else functools.partial(_ignoring, libbpf.prog_detach, fn.fd, sockhash, ATTACH_SK_MSG_VERDICT))
             tx.step(f"replace:{att.program}" if old is not None else f"attach:{att.program}",
@@ -109,13 +106,11 @@ def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict,
             assert new_tc is not None  # _tc_place made it for the plan's tc programs
             was = old_filters.pop(att.program, None)
             if was is not None and old is not None:
-                flt = tc.TcFilter(was["ifindex"], was["direction"], was["prio"], was["handle"], was["program"],
-                                  was["prog_id"])
-                tx.step(f"tc:replace:{att.program}", functools.partial(tc.replace_filter, flt, fn.fd, att.program,
-                                                                       prog_id),
-                        functools.partial(_unreplace_tc, flt, old[0]))
-                new_tc["filters"].append(tc.TcFilter(flt.ifindex, flt.direction, flt.prio, flt.handle, att.program,
-                                                     prog_id).as_record())
+                flt = tc.TcFilter.from_record(was)
+                swapped = tx.step(f"tc:replace:{att.program}",
+                                  functools.partial(tc.replace_filter, flt, fn.fd, att.program, prog_id),
+                                  functools.partial(_unreplace_tc, flt, old[0]))
+                new_tc["filters"].append(swapped.as_record())
             else:
                 added = tx.step(f"tc:filter:{att.program}",
                                 functools.partial(tc.add_filter, new_tc["ifindex"], att.hook, fn.fd, att.program,
@@ -123,7 +118,7 @@ def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict,
                 new_tc["filters"].append(added.as_record())
     # the old tc filters nothing replaced, and their qdisc if tpctl made it, go after the new ones
     for was in [f for f in old_tc.get("filters", []) if not same_iface or f["program"] in old_filters]:
-        flt = tc.TcFilter(was["ifindex"], was["direction"], was["prio"], was["handle"], was["program"], was["prog_id"])
+        flt = tc.TcFilter.from_record(was)
         fd = old_progs.get(was["program"], (-1, 0))[0]
         tx.step(f"tc:remove:{was['program']}", functools.partial(tc.del_filter, flt),
                 functools.partial(_ignoring, tc.add_filter, flt.ifindex, flt.direction, fd, flt.program, flt.prog_id))
@@ -183,11 +178,6 @@ def _tc_place(tx: Transaction, p: EbpfPlan, old_tc: dict, record: dict) -> dict 
     return record["tc"]
 
 
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)
-
-
 def _ignoring(action, *args) -> None:
     """An undo: action(*args), whatever the step returned (its last argument)."""
     action(*args[:-1])
@@ -225,5 +215,4 @@ def _reattach_sk_msg(old_fd: int, sockhash: int, _r=None) -> None:
 
 
 def _unreplace_tc(flt: tc.TcFilter, old_fd: int, _r=None) -> None:
-    tc.replace_filter(tc.TcFilter(flt.ifindex, flt.direction, flt.prio, flt.handle, flt.program, flt.prog_id),
-                      old_fd, flt.program, flt.prog_id)
+    tc.replace_filter(flt, old_fd, flt.program, flt.prog_id)

@@ -31,6 +31,11 @@ class TcFilter:
         return {"ifindex": self.ifindex, "direction": self.direction, "prio": self.prio,
                 "handle": self.handle, "program": self.program, "prog_id": self.prog_id}
 
+    @classmethod
+    def from_record(cls, record: dict) -> TcFilter:
+        return cls(record["ifindex"], record["direction"], record["prio"], record["handle"], record["program"],
+                   record["prog_id"])
+
 
 def _ipr():
     from pyroute2 import IPRoute
