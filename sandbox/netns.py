@@ -228,7 +228,7 @@ class Sandbox:
     def run(self, ns: str, argv: list[str], uid: int | None = None, timeout: float = 60,
             check: bool = False, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
         result = subprocess.run(self.command(ns, argv, uid), capture_output=True, text=True,
-                                timeout=bound(timeout), env=env, input=input)
+                                timeout=bound(timeout), env=env, input=input, cwd=self._cwd_for(uid))
         if check and result.returncode != 0:
             raise SandboxError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr.strip()}")
         return result
@@ -236,11 +236,16 @@ class Sandbox:
     def spawn(self, ns: str, argv: list[str], uid: int | None = None, log: str | None = None) -> subprocess.Popen:
         out = open(log, "ab") if log else subprocess.DEVNULL
         proc = subprocess.Popen(self.command(ns, argv, uid), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self._cwd_for(uid))
         if log:
             out.close()
         self._procs.append(proc)
         return proc
+
+    def _cwd_for(self, uid: int | None) -> str | None:
+        """Another uid starts in the sandbox's directory, which it may enter: a checkout in a
+        0700 home is not (HAProxy refuses to start when it cannot chdir back to where it began)."""
+        return self.tmp if uid is not None else None
 
     def python(self, module: str, *args: str) -> list[str]:
         """argv running sandbox.<module> from the sandbox's copy (see RUNNABLE)."""

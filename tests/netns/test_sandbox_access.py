@@ -100,3 +100,19 @@ def test_the_matrix_refuses_before_booting_a_guest(closed_python, monkeypatch):
     monkeypatch.setattr(matrix, "check_runs_as", lambda uid: check_runs_as(uid, python))
     with pytest.raises(MatrixError, match=rf"chmod o\+x {closed}"):
         matrix.preflight()
+
+
+def test_another_uids_processes_start_where_that_user_may_be(closed_python, sandbox):
+    """From a checkout in a 0700 home, a process of the proxy's uid must not start in it: HAProxy
+    refuses to run when it cannot chdir back to where it began."""
+    _, closed = closed_python
+    here = os.getcwd()
+    os.chdir(closed)
+    try:
+        ran = sandbox.run(sandbox.app, ["sh", "-c", "pwd && cd \"$PWD\""], uid=PROXY_UID, timeout=30)
+        log = os.path.join(sandbox.tmp, "where.log")
+        started = sandbox.spawn(sandbox.app, ["sh", "-c", "cd \"$PWD\" && pwd"], uid=PROXY_UID, log=log)
+        assert started.wait(timeout=30) == 0, open(log).read()
+    finally:
+        os.chdir(here)
+    assert ran.returncode == 0 and ran.stdout.strip() == sandbox.tmp, (ran.stdout, ran.stderr)
