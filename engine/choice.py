@@ -1,7 +1,7 @@
 """Choice: (Config, HostFacts, each engine's checks) -> which engine, its own choices, and why. Pure.
 
 Engines are asked in registry order; the first the config requests whose required checks all
-pass is chosen. A requested engine whose checks fail is a fallback to the next, said with
+pass is chosen. A requested engine whose checks fail is a fallback to the next requested, said with
 every failed check, or exit 3 under --no-fallback. The registry's last engine is the default.
 """
 from __future__ import annotations
@@ -27,12 +27,11 @@ def choose(config: Config, facts: HostFacts, checks: ChecksOf = None) -> Choice:
     judged by its base_checks, from HostFacts alone."""
     fams, fam_reason = families(config, facts)
     engines = registry.engines()
+    asked = [(e, why) for e in engines for why in [e.requested(config)] if why is not None]
     fallbacks: list[str] = []
     judged: list[Check] = []  # every requested engine's checks, for status --json
-    for engine, successor in zip(engines, [*engines[1:], None]):
-        requested = engine.requested(config)
-        if requested is None:
-            continue
+    # a requested engine that cannot run falls back to the next one requested (the default last)
+    for (engine, requested), successor in zip(asked, [*(e for e, _w in asked[1:]), None]):
         if callable(checks):
             found = tuple(checks(engine))
         else:

@@ -57,6 +57,7 @@ class Config:
     ebpf_cgroup_path: str
     ebpf_tc_attach_iface: str | None
     ebpf_sk_msg_accel: bool
+    nftables_enabled: bool
     no_fallback: bool
     iptables_backend: str
     legacy_applier: str
@@ -175,5 +176,6 @@ def validate(config: Config, explicit: dict[str, Any]) -> None:
                  and getattr(config, spec.field) != spec.default]
     if ebpf_only and not config.ebpf_enabled:
         raise ConfigError(f"--{ebpf_only[0]} needs --ebpf-enabled (it only affects the eBPF engine)")
-    if config.no_fallback and not config.ebpf_enabled:
-        raise ConfigError("--no-fallback needs --ebpf-enabled (it decides what happens when eBPF cannot be used)")
+    if config.no_fallback and not (config.ebpf_enabled or config.nftables_enabled):
+        raise ConfigError("--no-fallback needs --ebpf-enabled or --nftables-enabled (it decides what happens when "
+                          "the engine asked for cannot be used)")

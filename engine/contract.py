@@ -29,8 +29,8 @@ from engine.transaction import InjectedFault, Step, Transaction, transaction
 Say = Callable[[str], None]
 
 __all__ = ["Check", "Choice", "Config", "EnginePlan", "HostFacts", "InjectedFault", "Memo", "NONE", "RedirectEngine",
-           "Say", "Step", "Transaction", "default_of", "families", "kernel_version", "mounts", "mounts_of_type", "netlink",
-           "transaction"]
+           "Say", "Step", "Transaction", "default_of", "dns_servers", "families", "kernel_version", "mounts",
+           "mounts_of_type", "netlink", "transaction"]
 
 
 def default_of(field_name: str):
@@ -45,6 +45,19 @@ def families(config: Config, facts: HostFacts) -> tuple[tuple[int, ...], str]:
     if facts.has_ipv6:
         return (4, 6), "dualstack: the host has IPv6 addresses"
     return (4,), "dualstack, but the host has no non-loopback IPv6 address: IPv6 skipped"
+
+
+def dns_servers(config: Config, facts: HostFacts, family: int) -> tuple[tuple[str, ...], list[str]]:
+    """resolv.conf's name servers of one family, and what --redirect-dns cannot do with them."""
+    servers = tuple(s for s in facts.dns_servers if (":" in s) == (family == 6))
+    warnings = []
+    if config.redirect_dns and not config.capture_all_dns:
+        if facts.dns_servers_error:
+            warnings.append(f"--redirect-dns: {facts.dns_servers_error}; IPv{family} DNS is not redirected")
+        elif not servers:
+            warnings.append(f"--redirect-dns: no IPv{family} name server in {config.resolv_conf}; "
+                            f"IPv{family} DNS is not redirected")
+    return servers, warnings
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,11 @@ INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
                "pass data between the app and its sidecar with sk_msg instead of the TCP stack "
                "(tpctl only; off by default: the kernel gives it no backpressure, see README)",
                yaml="ebpf.skMsgAcceleration", switch=True),
-    OptionSpec("no-fallback", v.boolean, False, "with --ebpf-enabled: fail (exit 3) instead of falling "
-               "back to iptables", switch=True),
+    OptionSpec("nftables-enabled", v.boolean, False,
+               "use the native nftables engine (one table, inet tpctl) where its checks pass, else iptables "
+               "(tpctl only; after eBPF when both are asked for)", switch=True),
+    OptionSpec("no-fallback", v.boolean, False, "with --ebpf-enabled or --nftables-enabled: fail (exit 3) "
+               "instead of falling back", switch=True),
     OptionSpec("iptables-backend", v.choice(("auto", "legacy", "nft")), "auto",
                "auto: the backend that already holds rules, else the one `iptables` uses"),
     OptionSpec("legacy-applier", v.choice(("auto", "python-iptables", "restore")), "auto",

@@ -13,6 +13,7 @@ from engine.contract import RedirectEngine
 
 ENGINES = (
     "ebpf.redirect:EbpfEngine",  # --ebpf-enabled: cgroup2 + tc programs
+    "engine.nftables.redirect:NftablesEngine",  # --nftables-enabled: one native table, inet tpctl
     "engine.iptables.redirect:IptablesEngine",  # the default: kumactl's rules
 )
 

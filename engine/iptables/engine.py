@@ -5,7 +5,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from engine.contract import Choice, Config, EnginePlan
+from engine.contract import Choice, Config, EnginePlan, dns_servers
 from engine.iptables import live, nft_scaffold
 from engine.iptables.backends import Backend, BackendError, make_backend
 from engine.iptables.builder import FamilyInputs, build_family
@@ -30,14 +30,7 @@ class IptablesPlan(EnginePlan):
 
 
 def family_inputs(config: Config, facts: HostFacts, family: int) -> tuple[FamilyInputs, list[str]]:
-    warnings = []
-    servers = tuple(s for s in facts.dns_servers if (":" in s) == (family == 6))
-    if config.redirect_dns and not config.capture_all_dns:
-        if facts.dns_servers_error:
-            warnings.append(f"--redirect-dns: {facts.dns_servers_error}; IPv{family} DNS is not redirected")
-        elif not servers:
-            warnings.append(f"--redirect-dns: no IPv{family} name server in {config.resolv_conf}; "
-                            f"IPv{family} DNS is not redirected")
+    servers, warnings = dns_servers(config, facts, family)
     conntrack = facts.extensions.get("CT", True)
     if config.dns_enabled and not conntrack and not config.skip_dns_conntrack_zone_split:
         warnings.append("the CT target is missing: DNS conntrack zone split is off")

@@ -13,6 +13,7 @@ ENGINES = {
     "iptables-nft": ["--iptables-backend", "nft"],
     "iptables-legacy": ["--iptables-backend", "legacy"],
     "ebpf": ["--experimental-transparent-proxy-engine", "--ebpf-enabled", "--no-fallback"],
+    "nftables": ["--nftables-enabled", "--no-fallback"],
 }
 # The legacy backend's second applier (the same rendered plan through iptables-legacy-restore),
 # which iptables-legacy above uses by itself where python-iptables fails its self-test: the

@@ -33,7 +33,7 @@ def nft_ruleset(text: str) -> dict:
     xtables target (iptables-nft's REDIRECT) translated ("redirect to :15001"), as `xt target
     "REDIRECT"` (nft 1.1, Debian 13) or not at all, depending on which family's table was made
     first: that text is left out here; the iptables-nft-save view above compares those rules
-    exactly."""
+    exactly. Counters are traffic, not configuration: left out too."""
     tables: dict = {}
     table = chain = None
     for raw in text.splitlines():
@@ -43,5 +43,6 @@ def nft_ruleset(text: str) -> dict:
         elif line.startswith("chain ") and table is not None:
             chain = table.setdefault(line.rstrip(" {"), [])
         elif line and line != "}" and chain is not None:
+            line = re.sub(r"counter packets \d+ bytes \d+", "counter", line)  # traffic, not configuration
             chain.append(re.sub(r'\s*(redirect to :\d+|xt target "?\w+"?)$', "", line))
     return tables

@@ -13,7 +13,7 @@ import pytest
 from tests.netns.conftest import install, install_args
 from tests.netns.host_view import host_view
 
-ENGINES = ["iptables-nft", "iptables-legacy", "ebpf"]
+ENGINES = ["iptables-nft", "iptables-legacy", "ebpf", "nftables"]
 
 
 def unmounted_bpffs_args(sandbox, args: list[str]) -> list[str]:
@@ -85,7 +85,7 @@ def test_a_damaged_state_file_is_named_never_a_traceback_and_uninstall_still_cle
 def test_an_uninstall_killed_half_way_is_finished_by_the_next(sandbox, engine):
     args = unmounted_bpffs_args(sandbox, install_args(engine, sandbox))
     before = host_view(sandbox)
-    for point in ("uninstall:ebpf", "uninstall:iptables"):
+    for point in ("uninstall:ebpf", "uninstall:nftables", "uninstall:iptables"):
         assert no_traceback(sandbox.tpctl(*args)).returncode == 0
         killed = sandbox.tpctl("uninstall", env={"TPCTL_SIGNAL_IN_STEP": f"{point}:KILL"})
         assert killed.returncode == -9, killed.stderr
@@ -94,10 +94,10 @@ def test_an_uninstall_killed_half_way_is_finished_by_the_next(sandbox, engine):
 
 
 def test_switching_engines_leaves_nothing_of_the_first(sandbox):
-    """iptables-nft, then eBPF, then iptables-legacy: each replaces the last (the nf_tables tables
-    the first created included), and one uninstall leaves the host as before."""
+    """iptables-nft, then eBPF, nftables, iptables-legacy: each replaces the last (the nf_tables
+    tables the first created included), and one uninstall leaves the host as before."""
     installs = [(engine, unmounted_bpffs_args(sandbox, install_args(engine, sandbox)))
-                for engine in ("iptables-nft", "ebpf", "iptables-legacy", "iptables-nft")]
+                for engine in ("iptables-nft", "ebpf", "nftables", "iptables-legacy", "iptables-nft")]
     before = host_view(sandbox)  # with the sandbox's own bpffs, which install_args mounts, in it
     for engine, args in installs:
         assert no_traceback(sandbox.tpctl(*args)).returncode == 0

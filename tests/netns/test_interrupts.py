@@ -87,7 +87,7 @@ def interrupted_installs_leave_nothing(sandbox, args: list[str], steps: list[str
     return problems
 
 
-@pytest.mark.parametrize("engine", ["iptables-nft", "iptables-legacy", "ebpf"])
+@pytest.mark.parametrize("engine", ["iptables-nft", "iptables-legacy", "ebpf", "nftables"])
 def test_signals_in_any_install_step_leave_the_host_as_before(sandbox, engine):
     add_foreign_rules(sandbox)
     args = install_args(engine, sandbox)

@@ -27,10 +27,13 @@ SWITCHES = [
     ("iptables-nft", "iptables-nft"), ("iptables-legacy", "iptables-legacy"), ("ebpf", "ebpf"),
     ("iptables-nft", "iptables-legacy"), ("iptables-legacy", "iptables-nft"),
     ("iptables-nft", "ebpf"), ("ebpf", "iptables-nft"), ("iptables-legacy", "ebpf"), ("ebpf", "iptables-legacy"),
+    ("nftables", "nftables"), ("nftables", "iptables-nft"), ("iptables-legacy", "nftables"),
+    ("nftables", "ebpf"), ("ebpf", "nftables"),
 ]
 # a step in the middle of each engine's reconfiguration (the eBPF one: before the settings switch)
 HALF_WAY = {"iptables-nft": "iptables-nft IPv4 nat", "iptables-legacy": "iptables-legacy IPv4 nat",
-            "ebpf": "map:tp_excl_out_ports: add the new entries"}
+            "ebpf": "map:tp_excl_out_ports: add the new entries",
+            "nftables": "nftables: replace table inet tpctl in one transaction"}  # its one step, undone
 
 
 class Flow:
@@ -127,6 +130,10 @@ def _assert_nothing_left_of(sandbox: Sandbox, engine: str) -> None:
     if engine == "ebpf":
         assert sandbox.bpffs and not os.path.exists(os.path.join(sandbox.bpffs, "tpctl"))
         return
+    if engine == "nftables":
+        tables = sandbox.run(sandbox.app, ["nft", "list", "tables"], timeout=30).stdout
+        assert "inet tpctl" not in tables, tables
+        return
     saved = sandbox.run(sandbox.app, [f"iptables-{engine.split('-')[1]}-save"], timeout=30).stdout
     assert "TPCTL" not in saved and "tpctl/" not in saved, saved
 
@@ -138,8 +145,10 @@ def test_a_reconfiguration_failing_half_way_leaves_the_previous_install_in_force
     assert _status(sandbox) == before  # the state file and the kernel: the previous install, whole
 
 
-@pytest.mark.parametrize(("first", "then"), [("ebpf", "iptables-nft"), ("iptables-legacy", "ebpf")],
-                         ids=["ebpf-to-iptables-nft", "iptables-legacy-to-ebpf"])
+LAST_STEP_SWITCHES = [("ebpf", "iptables-nft"), ("iptables-legacy", "ebpf"), ("nftables", "iptables-legacy")]
+
+
+@pytest.mark.parametrize(("first", "then"), LAST_STEP_SWITCHES, ids=[f"{a}-to-{b}" for a, b in LAST_STEP_SWITCHES])
 def test_an_engine_switch_failing_at_its_last_step_leaves_the_first_engine_in_force(sandbox, first, then):
     """The last step, after the first engine's objects were taken off: they are put back."""
     result, before = _reinstall_under_flow(sandbox, first, then, env={"TPCTL_FAULT_INJECT": "record the install in the state file"})

@@ -9,7 +9,7 @@ import pytest
 from tests.netns.conftest import install
 
 
-@pytest.mark.parametrize("engine", ["iptables-nft", "iptables-legacy", "ebpf"])
+@pytest.mark.parametrize("engine", ["iptables-nft", "iptables-legacy", "ebpf", "nftables"])
 def test_status_reads_as_lines_a_person_reads(sandbox, engine):
     install(sandbox, engine, "--exclude-outbound-ports", "9001")
     result = sandbox.tpctl("status")
@@ -22,6 +22,9 @@ def test_status_reads_as_lines_a_person_reads(sandbox, engine):
     if engine == "ebpf":
         assert "programs attached (" in text and f"tc on {sandbox.app_if}: tp_tc_egress, tp_tc_ingress" in text
         assert "excluded outbound ports: 9001" in text and "redirects: outbound to :15001, inbound to :15006" in text
+    elif engine == "nftables":
+        assert "table inet tpctl (see it with: nft list table inet tpctl): " in text
+        assert " rules in 5 chains; sets: exclude_outbound_ports (1)" in text
     else:
         backend = engine.split("-")[1]
         assert f"backend: {backend} tables" in text and f"iptables-{backend}-save" in text

@@ -1,0 +1,82 @@
+"""The `nft` tool: the only place the nftables engine touches the kernel.
+
+Why the tool and not libnftables' Python binding (python3-nftables): the binding is a distro
+package for the system Python only (as BCC is), absent from the userlands' venvs unless
+installed on purpose, while the tool ships with every distro's nftables package, reads the
+very script `--dry-run` prints, and costs one process per install (a few milliseconds).
+`nft -f` sends the whole file as one netlink batch: the kernel commits it at once or not at all.
+`nft --check` sends the same batch and has the kernel abort it: a real feature probe.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from engine.timeouts import bound
+
+from .ruleset import TABLE, replacing
+
+
+class NftError(RuntimeError):
+    pass
+
+
+def tool() -> str | None:
+    return shutil.which("nft")
+
+
+def _run(args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
+    command = [tool() or "nft", *args]
+    try:
+        return subprocess.run(command, input=script, capture_output=True, text=True, timeout=bound(60))
+    except FileNotFoundError:
+        raise NftError("nft is not installed (install the nftables package)") from None
+    except subprocess.TimeoutExpired:
+        raise NftError(f"{' '.join(command)} did not finish in {bound(60):.0f} s") from None
+
+
+def version() -> str:
+    result = _run(["--version"])
+    return result.stdout.strip() or result.stderr.strip()
+
+
+def check(script: str) -> str | None:
+    """None when the kernel would take `script`, else nft's complaint."""
+    result = _run(["--check", "-f", "/dev/stdin"], script)
+    return None if result.returncode == 0 else (result.stderr.strip() or f"nft exited {result.returncode}")
+
+
+def apply(script: str) -> None:
+    result = _run(["-f", "/dev/stdin"], script)
+    if result.returncode != 0:
+        raise NftError(f"nft -f failed: {result.stderr.strip()}\ninput was:\n{script}")
+
+
+def listing() -> str | None:
+    """`nft list table inet tpctl`, None when there is no such table (or no nf_tables at all)."""
+    if tool() is None:
+        return None
+    result = _run(["list", "table", *TABLE.split()])
+    if result.returncode == 0:
+        return result.stdout
+    if "No such file or directory" in result.stderr or "Protocol not supported" in result.stderr:
+        return None
+    raise NftError(f"nft list table {TABLE} failed: {result.stderr.strip()}")
+
+
+def restore(saved: str | None) -> None:
+    """Back to a listing taken before (ours), or to no table when there was none."""
+    if saved:
+        apply(replacing(saved))
+    else:
+        delete()
+
+
+def delete() -> bool:
+    """Delete our table if it exists; whether it did. Nothing else is touched."""
+    if listing() is None:
+        return False
+    result = _run(["delete", "table", *TABLE.split()])
+    if result.returncode != 0:
+        raise NftError(f"nft delete table {TABLE} failed: {result.stderr.strip()}")
+    return True
