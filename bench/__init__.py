@@ -1,10 +1,11 @@
-"""Benchmarks: both redirect engines side by side against the no-redirect baselines (issue 4).
+"""Benchmarks: the redirect engines side by side against the no-redirect baselines (issue 4).
 
 `python -m bench` builds a throwaway sandbox (sandbox/netns.py), starts nginx and `iperf3 -s` in
 the server namespace and HAProxy as the unmodified sidecar in the app namespace, and measures,
-interleaved round by round, each case: direct, explicit, iptables-nft, iptables-legacy, ebpf,
-ebpf-noaccel. Then the exclusion-scale sweep and the control path (install, reconfigure, no-op reinstall and
-uninstall cost); the eBPF cases also report what each BPF program itself costs (bpfstats.py).
+interleaved round by round, each case: direct, explicit, iptables-nft, iptables-legacy, nftables,
+ebpf, ebpf-noaccel. Then the exclusion-scale sweep (with the nftables engine's target) and the
+control path (install, reconfigure, no-op reinstall and uninstall cost); the eBPF cases also
+report what each BPF program itself costs (bpfstats.py).
 Results land in bench/results/ (RESULTS.md, bench.png, results.json).
 
   cli.py      options and the entry point      runner.py   one session, start to end

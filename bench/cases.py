@@ -5,6 +5,8 @@
   iptables-nft     client -> srv address, redirected by the iptables engine, nf_tables backend
   iptables-legacy  the same with the legacy (xtables) backend; both are measured because they
                    evaluate rules differently and scale differently
+  nftables         the same with the native nftables engine (one `table inet tpctl`, exclusions
+                   in named sets)
   ebpf             the same with the eBPF engine
   ebpf-noaccel     eBPF with the sk_msg/sockhash local acceleration switched off
 """
@@ -29,7 +31,7 @@ ROUTE_DIRECT, ROUTE_EXPLICIT, ROUTE_REDIRECT = "direct", "explicit", "redirect"
 class Case:
     name: str
     route: str
-    engine: str | None = None          # "iptables-nft" | "iptables-legacy" | "ebpf"
+    engine: str | None = None          # "iptables-nft" | "iptables-legacy" | "nftables" | "ebpf"
     extra_flags: tuple[str, ...] = ()  # install flags beyond the engine's
 
     def target(self, kind: str, server_v4: str) -> tuple[str, int]:
@@ -52,11 +54,12 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("explicit", ROUTE_EXPLICIT),
     Case("iptables-nft", ROUTE_REDIRECT, "iptables-nft"),
     Case("iptables-legacy", ROUTE_REDIRECT, "iptables-legacy"),
+    Case("nftables", ROUTE_REDIRECT, "nftables"),
     Case("ebpf", ROUTE_REDIRECT, "ebpf", ("--ebpf-sk-msg-accel=true",)),
     Case("ebpf-noaccel", ROUTE_REDIRECT, "ebpf", ("--ebpf-sk-msg-accel=false",)),
 )}
 ALIASES = {"iptables": ("iptables-nft", "iptables-legacy")}
-ENGINES = ("iptables-nft", "iptables-legacy", "ebpf")  # what the scale sweep and control path cover
+ENGINES = ("iptables-nft", "iptables-legacy", "nftables", "ebpf")  # what the scale sweep and control path cover
 
 
 def select(names: list[str]) -> list[Case]:

@@ -21,6 +21,7 @@ FAILURES = (RoutingError, MeasureError, StackError, SandboxError, procs.ChildTim
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TOOLS = ("wrk", "nginx", "haproxy", "iperf3", "taskset", "setpriv", "nsenter", "ip", "bpftool")
+ENGINE_TOOLS = {"nftables": ("nft",)}  # what the harness itself runs for that engine (set counts)
 
 
 def _int_list(text: str) -> list[int]:
@@ -77,7 +78,9 @@ def preflight(args) -> list[str]:
     problems = []
     if os.geteuid() != 0:
         problems.append("run as root: the bench builds network namespaces and installs rules in them")
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    engines = {case.engine for case in args.cases}
+    tools = [*TOOLS, *(tool for engine, needed in ENGINE_TOOLS.items() if engine in engines for tool in needed)]
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         problems.append(f"missing {', '.join(missing)}: run scripts/setup.sh (make bench does)")
     if args.scale and max(args.scale) > 16384 and not args.skip_scale:

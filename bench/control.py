@@ -10,8 +10,8 @@ inbound redirect on: what a user runs):
   noop_reinstall   the same command again, identical flags
   uninstall
 
-After each install the kernel's excluded-port count (rules or map entries) is checked against
-the flags (1, 2, 2), outside the timed commands, so a reconfigure that did not land cannot
+After each install the kernel's excluded-port count (rules, nftables set elements or map
+entries) is checked against the flags (1, 2, 2), outside the timed commands, so a reconfigure that did not land cannot
 produce a number. Peak memory is the child's ru_maxrss from wait4. "Cold" and "warm": the only
 state that can make the first run of a session differ from the later ones is the OS page cache
 (libclang, headers, Python modules) and whatever tpctl itself keeps; the report shows the

@@ -74,6 +74,7 @@ def describe() -> dict[str, str]:
         "iperf3": _first_line(["iperf3", "--version"]),
         "iptables (nft)": _first_line(["iptables-nft", "--version"]),
         "iptables (legacy)": _first_line(["iptables-legacy", "--version"]),
+        "nftables": _first_line(["nft", "--version"]),
         "bpftool": _first_line(["bpftool", "version"]),
         "BCC (python3-bpfcc)": _bcc_version(),
         "Python": platform.python_version(),

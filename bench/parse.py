@@ -141,3 +141,32 @@ def bpftool_entry_count(json_text: str) -> int:
     if not isinstance(entries, list):
         raise ParseError("bpftool map dump did not print a list")
     return len(entries)
+
+
+def _nft_objects(json_text: str, what: str) -> list[dict]:
+    """The objects of kind `what` ("set", "table") in `nft -j list ...` output."""
+    try:
+        data = json.loads(json_text)
+    except ValueError:
+        raise ParseError(f"nft printed no JSON: {json_text.strip()[:200]!r}") from None
+    items = data.get("nftables") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise ParseError("nft JSON without an `nftables` list")
+    return [item[what] for item in items if isinstance(item, dict) and isinstance(item.get(what), dict)]
+
+
+def nft_set_elements(json_text: str, family: str, table: str, name: str) -> int:
+    """Elements of one set in `nft -j list set FAMILY TABLE NAME` output: a port, a prefix or a
+    range each count as one (an interval set that merged its elements shows fewer)."""
+    for found in _nft_objects(json_text, "set"):
+        if (found.get("family"), found.get("table"), found.get("name")) == (family, table, name):
+            elements = found.get("elem", [])  # a set without elements has no "elem"
+            if not isinstance(elements, list):
+                raise ParseError(f"nft set {family} {table} {name}: `elem` is not a list")
+            return len(elements)
+    raise ParseError(f"nft listed no set {family} {table} {name}")
+
+
+def nft_tables(json_text: str) -> set[tuple[str, str]]:
+    """(family, name) of every table in `nft -j list tables` output."""
+    return {(t.get("family"), t.get("name")) for t in _nft_objects(json_text, "table")}

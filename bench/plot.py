@@ -10,7 +10,7 @@ from matplotlib import ticker  # noqa: E402
 from bench import stats  # noqa: E402
 
 COLORS = {"direct": "#7f7f7f", "explicit": "#bcbd22", "iptables-nft": "#1f77b4", "iptables-legacy": "#17becf",
-          "ebpf": "#d62728", "ebpf-noaccel": "#ff9896"}
+          "nftables": "#2ca02c", "ebpf": "#d62728", "ebpf-noaccel": "#ff9896"}
 
 
 

@@ -5,6 +5,7 @@ import math
 
 from bench import bpfstats, stats
 from bench import control as control_module
+from bench import scale as scale_module
 from bench.stats import Summary
 
 HIGHER, LOWER = "higher is better", "lower is better"
@@ -102,6 +103,40 @@ def scale_table(scale: dict, sizes: list[int]) -> str:
                 row.append(stats.change_pct(stats.ratio(a, b)))
         rows.append(row)
     return table(header, rows)
+
+
+def _figure(value: float | None, fmt: str) -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def scale_target_section(scale: dict) -> list[str]:
+    """The nftables target (bench/scale.py target()): its rate and install time at the two sizes
+    beside the other engines', and whether this run met it (computed, never assumed)."""
+    verdict = scale_module.target(scale)
+    if verdict is None:
+        return []
+    small, large = scale_module.TARGET_SIZES
+    rows = [[engine, _figure(f["rate_small"], "{:,.0f}"), _figure(f["rate_large"], "{:,.0f}"),
+             stats.change_pct(f["rate_ratio"]), _figure(f["install_large"], "{:.2f}")]
+            for engine, f in verdict["engines"].items()]
+    text = (f"Target ({scale_module.TARGET_ENGINE} engine): at {large:,} + {large:,} exclusions its connection rate "
+            f"at most {scale_module.TARGET_MAX_DROP:.0%} below its rate at {small:,} + {small:,}, and `tpctl install` "
+            f"at {large:,} + {large:,} within {scale_module.TARGET_INSTALL_S} s (medians of the sweep's rounds; "
+            "install: wall time). ")
+    mine = verdict["engines"][scale_module.TARGET_ENGINE]
+    parts = []
+    if verdict["rate_met"] is not None:
+        parts.append(f"rate {stats.change_pct(mine['rate_ratio'])}: **{'met' if verdict['rate_met'] else 'not met'}**")
+    if verdict["install_met"] is not None:
+        parts.append(f"install {mine['install_large']:.2f} s: "
+                     f"**{'met' if verdict['install_met'] else 'not met'}**")
+    if parts:
+        text += f"This run: {'; '.join(parts)}."
+    if verdict["missing"]:
+        text += f" Not measured in this run: {', '.join(verdict['missing'])}."
+    header = ["engine", f"conn/s at {small:,} + {small:,}", f"conn/s at {large:,} + {large:,}",
+              f"change {large:,} vs {small:,}", f"install s at {large:,} + {large:,}"]
+    return [table(header, rows), "", text.strip() + "\n"]
 
 
 CONTROL_LABELS = {"install": "install", "reconfigure": "reconfigure (7001 → 7001,7002)",
@@ -265,11 +300,18 @@ def render(raw: dict) -> str:
            "## eBPF against iptables, and what sk_msg acceleration adds\n",
            ratio_table(summaries, [("ebpf", "iptables-nft"), ("ebpf", "iptables-legacy"),
                                    ("ebpf-noaccel", "iptables-nft"), ("ebpf", "ebpf-noaccel")], concurrency), ""]
+    if "nftables" in cases:
+        out += ["## nftables against iptables and eBPF\n",
+                ratio_table(summaries, [("nftables", "iptables-nft"), ("nftables", "iptables-legacy"),
+                                        ("ebpf", "nftables"), ("ebpf-noaccel", "nftables")], concurrency), ""]
     if results.get("scale"):
         out += ["## Scale: excluded outbound ports and CIDRs\n",
                 "New-connection rate with N excluded ports plus N excluded CIDRs, none covering the measured "
-                "traffic. Install time is the wall time of `tpctl install --config FILE`.\n",
+                "traffic. Install time is the wall time of `tpctl install --config FILE`. Before each "
+                "measurement the kernel's counts (iptables rules, nftables set elements, eBPF map entries) "
+                "are checked against N.\n",
                 scale_table(results["scale"], meta["scale_sizes"]), "",
+                *scale_target_section(results["scale"]),
                 load_sentence([v for by_size in raw["scale"].values() for figures in by_size.values()
                                for v in figures.get("other_load_pct", [])])]
     if results.get("control"):
@@ -289,9 +331,10 @@ METHOD = """\
   SO_ORIGINAL_DST) and the clients, inside the sandbox cgroup where the eBPF engine attaches.
 - `direct`: client to 198.18.0.2 with nothing installed. `explicit`: client to HAProxy's own
   port (127.0.0.1:15080 for HTTP, :15201 for iperf3, fixed server) with nothing installed.
-  `iptables-nft`, `iptables-legacy`, `ebpf`, `ebpf-noaccel`: client to 198.18.0.2, redirected by
-  `tpctl install` (IPv4, inbound redirect off), installed before and uninstalled after the
-  case's slot; `ebpf` adds `--ebpf-sk-msg-accel=true` (off by default), `ebpf-noaccel`
+  `iptables-nft`, `iptables-legacy`, `nftables`, `ebpf`, `ebpf-noaccel`: client to 198.18.0.2,
+  redirected by `tpctl install` (IPv4, inbound redirect off), installed before and uninstalled
+  after the case's slot; `nftables` is `--nftables-enabled --no-fallback` (one `table inet
+  tpctl`); `ebpf` adds `--ebpf-sk-msg-accel=true` (off by default), `ebpf-noaccel`
   `--ebpf-sk-msg-accel=false`.
 - New connections: `wrk -t1 -c16 -H 'Connection: close'` (one request per connection).
   Latency: `wrk -t1 -cN --latency` on kept-alive connections. Bulk: `iperf3 -c -t D -J`,
@@ -326,8 +369,8 @@ CONTROL_NOTE = """\
 Per run and engine, in the app namespace with kumactl's defaults (dualstack, inbound redirect
 on): `install --exclude-outbound-ports 7001`; then `install --exclude-outbound-ports 7001,7002`
 over it (reconfigure); the same again with identical flags (no-op reinstall); then `uninstall`.
-Engines interleaved run by run. After each install the kernel's excluded-port count (rules or
-map entries) is checked (1, 2, 2), outside the timed commands. Peak memory is the child's
+Engines interleaved run by run. After each install the kernel's excluded-port count (rules, set
+elements or map entries) is checked (1, 2, 2), outside the timed commands. Peak memory is the child's
 `ru_maxrss` (wait4). The first run of the session is shown apart from the later ones; a
 difference between them is the OS page cache (libclang, headers, modules) or whatever tpctl
 keeps between runs.

@@ -21,6 +21,7 @@ from sandbox.netns import PROXY_UID, SRV_V4, Sandbox
 # not only loopback ones (the kernel default 2), so that the client's port range does not run
 # out in connection-rate runs whether or not the engine moves the connection onto loopback.
 SYSCTLS = {"net.ipv4.tcp_tw_reuse": "1"}
+NFT_TABLE = ("inet", "tpctl")  # the nftables engine's one table (family, name)
 
 
 class StackError(RuntimeError):
@@ -127,6 +128,8 @@ class Stack:
             return ["--iptables-backend", "nft"]
         if engine == "iptables-legacy":
             return ["--iptables-backend", "legacy"]
+        if engine == "nftables":  # --no-fallback: exit 3 rather than measure iptables under this name
+            return ["--nftables-enabled", "--no-fallback"]
         if engine == "ebpf":
             return ["--experimental-transparent-proxy-engine", "--ebpf-enabled", "--no-fallback",
                     "--ebpf-cgroup-path", self.sb.cgroup, "--ebpf-bpffs-path", self.sb.mount_bpffs(),
@@ -184,6 +187,20 @@ class Stack:
         if done.returncode != 0:
             raise StackError(f"bpftool map dump pinned {pin}: {done.stderr.strip()}")
         return parse.bpftool_entry_count(done.stdout)
+
+    def nft_set_elements(self, name: str) -> int:
+        """Elements of one of the nftables engine's sets, as the app namespace's kernel holds
+        them; 0 for a set that is absent from a table that is there (the engine makes a set only
+        when it has elements). No table at all is an error, not 0."""
+        family, table = NFT_TABLE
+        done = self.sb.run(self.sb.app, ["nft", "-j", "list", "set", family, table, name], timeout=60)
+        if done.returncode == 0:
+            return parse.nft_set_elements(done.stdout, family, table, name)
+        if "No such file or directory" in done.stderr:
+            tables = self.sb.run(self.sb.app, ["nft", "-j", "list", "tables"], timeout=60, check=True)
+            if NFT_TABLE in parse.nft_tables(tables.stdout):
+                return 0
+        raise StackError(f"nft list set {family} {table} {name} exited {done.returncode}: {done.stderr.strip()}")
 
     def iptables_rules(self, engine: str) -> str:
         tool = "iptables-nft-save" if engine == "iptables-nft" else "iptables-legacy-save"

@@ -87,6 +87,9 @@ def test_every_case_scale_size_and_engine_produces_numbers(tmp_path):
     text = (out / "RESULTS.md").read_text()
     assert all(f"| {case} " in text or f" {case} |" in text for case in cases)
     assert "| ebpf | reconfigure (7001 → 7001,7002) |" in text and "Target (issue 13)" in text
+    assert "| nftables | reconfigure (7001 → 7001,7002) |" in text
+    # one size only: the nftables target says what it lacks instead of a verdict
+    assert "Target (nftables engine)" in text and "Not measured in this run: conn/s at 10,000" in text
     assert "| **all programs** |" in text
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "| figure |" in result.stdout  # the table is printed at the end

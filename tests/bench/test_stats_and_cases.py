@@ -31,8 +31,9 @@ def test_ratios_against_a_reference_case():
 def test_case_selection_alias_order_and_errors():
     assert [c.name for c in cases.select(["ebpf", "iptables", "direct"])] == [
         "direct", "iptables-nft", "iptables-legacy", "ebpf"]
-    with pytest.raises(ValueError, match="unknown case 'nftables'"):
-        cases.select(["nftables"])
+    with pytest.raises(ValueError, match="unknown case 'nft'"):
+        cases.select(["nft"])
+    assert [c.name for c in cases.select(["ebpf", "nftables"])] == ["nftables", "ebpf"]
     assert cases.engines_of(cases.select(["ebpf-noaccel", "explicit"])) == ["ebpf"]
 
 
