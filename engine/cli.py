@@ -163,7 +163,7 @@ def _need_root(command: str) -> None:
 
 @main.command()
 @click.option("--engine", type=click.Choice(["auto", *registry.names()]), default="auto",
-              help="auto: eBPF where every check passes, else iptables")
+              help="auto: eBPF where every check passes, else iptables; or one engine, no fallback")
 def demo(engine):
     """Run the redirect end to end in a throwaway sandbox and clean up after."""
     try:

@@ -15,6 +15,7 @@ from sandbox.scenario import Scenario
 ENGINE_FLAGS = {
     "auto": ["--experimental-transparent-proxy-engine", "--ebpf-enabled"],
     "ebpf": ["--ebpf-enabled", "--no-fallback"],
+    "nftables": ["--nftables-enabled", "--no-fallback"],
     "iptables": [],
 }
 
@@ -43,7 +44,7 @@ def _demo(sb: Sandbox, engine: str, show: Callable[[str], None]) -> int:
     show(f"sidecar: running as uid {PROXY_UID} on 15001 (outbound), 15006 (inbound), 15053 (DNS)")
     args = ["install", "--kuma-dp-user", str(PROXY_UID), "--redirect-dns", "--resolv-conf", sb.resolv_conf,
             *ENGINE_FLAGS[engine]]
-    if engine != "iptables":
+    if "--ebpf-enabled" in args:
         args += ["--ebpf-cgroup-path", sb.cgroup or "auto", "--ebpf-bpffs-path", sb.mount_bpffs(),
                  "--ebpf-tc-attach-iface", sb.app_if, "--ebpf-instance-ip", APP_V4]
     show("\n$ tpctl " + " ".join(args))

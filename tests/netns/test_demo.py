@@ -23,7 +23,8 @@ def _leftovers(sandbox_id: str) -> list[str]:
 
 
 @pytest.mark.parametrize("engine, installed", [("auto", "installed the eBPF engine"),
-                                               ("iptables", "installed the iptables engine")])
+                                               ("iptables", "installed the iptables engine"),
+                                               ("nftables", "installed the nftables engine")])
 def test_demo_shows_redirected_traffic_and_cleans_up(engine, installed):
     result = subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--engine", engine],
                             capture_output=True, text=True, timeout=300)
