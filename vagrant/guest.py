@@ -11,15 +11,19 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
 
+from engine import registry
 from vagrant import table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EBPF_FLAGS = ["--experimental-transparent-proxy-engine", "--ebpf-enabled"]
+NFTABLES_FLAGS = ["--nftables-enabled"]
+NFTABLES_CHOICE = "nftables-choice.txt"  # its dry run, beside choice.txt (matrix.ARTEFACTS keeps it)
 # The guest has no NIC (no user-mode network: the tests make their own namespaces); the eBPF
 # engine wants an up interface with an address for tc, so the guest gets a dummy one.
 DUMMY = ("tpctl-matrix0", "198.18.255.1/24")
@@ -77,14 +81,29 @@ def tpctl(*args: str, setarch: bool = False, timeout: int = 600) -> subprocess.C
     return sh(argv, timeout=timeout)
 
 
+# install's reasons (engine.contract.RedirectEngine): "<flag> and every <title> check passed",
+# "<flag>, but <title> checks failed; falling back to <title>: [FAIL] ...; [FAIL] ..." (one per
+# requested engine that failed, the last naming the engine chosen), "<title> engine (the default; ...)"
+_PASSED = re.compile(r" and every (.+) check passed$")
+_FELL_BACK = re.compile(r" checks failed; falling back to (.+?): \[FAIL\]")
+_FAIL_LINE = re.compile(r"\[FAIL\] .*?(?=; \[FAIL\] |$)")
+_DEFAULT = re.compile(r"^(.+) engine \(the default; ")
+
+
 def engine_of(stderr: str) -> tuple[str, list[str]]:
-    """The engine install chose and why, from its `# reason` lines."""
+    """The engine install chose and every check it fell back past, from its `# reason` lines."""
     reasons = [line[2:] for line in stderr.splitlines() if line.startswith("# ")]
-    if any("every eBPF check passed" in r for r in reasons):
-        return "ebpf", []
-    if any("falling back to iptables" in r for r in reasons):
-        failed = [line[line.index("[FAIL]"):].strip() for r in reasons for line in r.split("; ") if "[FAIL]" in line]
-        return "iptables", failed
+    by_title = {e.title: e.name for e in registry.engines()}
+    # a check's detail is free text (nft's first error line) that may hold "; ": split only where
+    # the next [FAIL] starts
+    failed = [line.strip() for r in reasons for m in [_FELL_BACK.search(r)] if m
+              for line in _FAIL_LINE.findall(r, m.end() - len("[FAIL]"))]
+    passed = [m.group(1) for r in reasons for m in [_PASSED.search(r)] if m]
+    fell_to = [m.group(1) for r in reasons for m in [_FELL_BACK.search(r)] if m]
+    default = [m.group(1) for r in reasons for m in [_DEFAULT.search(r)] if m]
+    title = next(iter(passed or fell_to[-1:] or default), None)
+    if title in by_title:
+        return by_title[title], failed
     return "unknown", reasons
 
 
@@ -104,6 +123,18 @@ def choice(out: str) -> dict:
         handle.write(record.stdout or json.dumps({"error": record.stderr[-2000:]}))
     return {"engine": engine, "failed_checks": failed, "exit": result.returncode,
             "release": platform.release(), "status_exit": status.returncode}
+
+
+def nftables_choice(out: str) -> dict:
+    """What `install --nftables-enabled --dry-run` chooses here: its check `nf_tables takes the
+    table` has this kernel judge (and abort) the very table, so the choice is the kernel's answer."""
+    state = os.path.join("/tmp", "tpctl-nftables-choice-state")
+    result = tpctl("install", *NFTABLES_FLAGS, "--dry-run", "--state-dir", state)
+    engine, failed = engine_of(result.stderr)
+    with open(os.path.join(out, NFTABLES_CHOICE), "w", encoding="utf-8") as handle:
+        handle.write(f"$ tpctl install {' '.join(NFTABLES_FLAGS)} --dry-run  (exit {result.returncode})\n"
+                     f"{result.stderr}\n{result.stdout}")
+    return {"engine": engine, "failed_checks": failed, "exit": result.returncode}
 
 
 # The probe record: HostFacts and the Choice with every check, as install --ebpf-enabled sees them.
@@ -203,6 +234,8 @@ def main(job_path: str) -> int:
     save()
     if job.get("choice", True):
         result["choice"] = choice(out)
+        save()
+        result["nftables_choice"] = nftables_choice(out)
         save()
     result["fallbacks"] = []
     for spec in job.get("fallbacks", []):

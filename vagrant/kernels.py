@@ -30,7 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, ".cache")
 MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-ENGINES = ("ebpf", "iptables")
+ENGINES = ("ebpf", "iptables")  # what `install --ebpf-enabled` may choose
+NFTABLES_ENGINES = ("nftables", "iptables")  # what `install --nftables-enabled` may choose
 CONDITIONS = ("uname-2.6", "no-cgroup2")
 
 
@@ -49,6 +50,7 @@ class KernelSpec:
     # False for a suite whose Release file may be past its Valid-Until (sid, on a mirror
     # snapshot): apt then refuses the index unless told; signatures and hashes are still checked
     check_valid_until: bool = True
+    nftables: str = ""  # the engine `install --nftables-enabled` must choose on that kernel
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ def load(path: str = os.path.join(HERE, "kernels.yaml")) -> Matrix:
         data = yaml.safe_load(handle)
     try:
         kernels = [KernelSpec(k["name"], k["suite"], str(k["series"]), k["engine"], bool(k.get("ci", False)),
-                              k.get("cpu", "max"), bool(k.get("check_valid_until", True)))
+                              k.get("cpu", "max"), bool(k.get("check_valid_until", True)),
+                              str(k.get("nftables", "")))
                    for k in data["kernels"]]
         fallbacks = [FallbackSpec(f["name"], f["guest"], f["condition"], f["engine"], f["reason"])
                      for f in data.get("fallbacks", [])]
@@ -109,6 +112,8 @@ def load(path: str = os.path.join(HERE, "kernels.yaml")) -> Matrix:
     names = [k.name for k in kernels]
     problems = [f"duplicate kernel {n}" for n in set(names) if names.count(n) > 1]
     problems += [f"{k.name}: engine {k.engine} is not one of {ENGINES}" for k in kernels if k.engine not in ENGINES]
+    problems += [f"{k.name}: `nftables: {k.nftables}` (what --nftables-enabled must choose) is not one of "
+                 f"{NFTABLES_ENGINES}" for k in kernels if k.nftables not in NFTABLES_ENGINES]
     problems += [f"{f.name}: `guest: {f.on}` names no kernel" for f in fallbacks if f.on not in names]
     problems += [f"{f.name}: condition {f.condition} is not one of {CONDITIONS}"
                  for f in fallbacks if f.condition not in CONDITIONS]

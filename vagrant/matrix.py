@@ -4,7 +4,7 @@
 
 Per kernel: fetch its packages (cached in vagrant/.cache), boot it with the host's root shared
 read-only, and in the guest (vagrant/guest.py) record what `install --ebpf-enabled` chooses,
-`tpctl status --json` and the probe record, run the fallback checks for that kernel and the
+`tpctl status --json` and the probe record, what `install --nftables-enabled` chooses, run the fallback checks for that kernel and the
 netns traffic suite for every engine. Writes vagrant/results/<kernel>/ and the table
 vagrant/results/matrix.md (+ matrix.json). Exit 0 when every row is as expected, 1 when one is
 not, 2 when the matrix cannot run (a missing tool or a failed download; the message says the fix).
@@ -30,7 +30,8 @@ from vagrant.kernels import CACHE, HERE, MatrixError
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 # what each guest leaves in its run dir that the results keep
-ARTEFACTS = ("result.json", "status.json", "probe.json", "choice.txt", "pytest.log", "junit.xml", "console.log")
+ARTEFACTS = ("result.json", "status.json", "probe.json", "choice.txt", "nftables-choice.txt", "pytest.log",
+             "junit.xml", "console.log")
 # every guest mounts a fresh tmpfs on these: virtme-ng's init the first five (as seen in
 # /proc/mounts of a 6.1 guest), vagrant/guest.py's prepare the last two
 GUEST_TMPFS = ("/run", "/dev/shm", "/var/log", "/var/tmp", "/var/cache", "/tmp", "/usr/src")
@@ -227,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                           for f in job["fallbacks"]]
         if job["choice"]:
             problem = None if booted.returncode is not None else f"killed after {args.guest_timeout} s"
-            row = table.kernel_row(kernel.spec.name, kernel.spec.engine, accel, result, booted.seconds, problem)
+            row = table.kernel_row(kernel.spec.name, kernel.spec.engine, accel, result, booted.seconds, problem,
+                                   nftables_expected=kernel.spec.nftables)
             kernel_rows.append(row)
-            print(f"matrix: {row.name}: engine {row.engine or '-'}, tests {row.passed} passed / {row.failed} failed"
+            print(f"matrix: {row.name}: engine {row.engine or '-'}, --nftables-enabled {row.nftables or '-'}, tests {row.passed} passed / {row.failed} failed"
                   f" / {row.skipped} skipped, {row.boot_seconds:.0f} s: {'ok' if row.ok else 'FAIL'}", flush=True)
     for row in fallback_rows:
         print(f"matrix: {row.name}: engine {row.engine or '-'} ({row.why or 'no reason given'}), "

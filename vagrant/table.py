@@ -20,11 +20,19 @@ class KernelRow:
     test_seconds: float
     problems: tuple[str, ...] = field(default_factory=tuple)
     run: str = ""  # which `make matrix` run made the row ("when, commit"): --update keeps older rows
+    # what `install --nftables-enabled` was to choose and chose ("" in rows made before it was asked)
+    nftables_expected: str = ""
+    nftables: str = ""
+    nftables_why: str = ""  # the failed checks it fell back past
+
+    @property
+    def nftables_differs(self) -> bool:
+        return bool(self.nftables_expected) and self.nftables != self.nftables_expected
 
     @property
     def ok(self) -> bool:
-        return (not self.problems and self.engine == self.expected and self.failed == 0
-                and self.skipped == 0 and self.passed > 0)
+        return (not self.problems and self.engine == self.expected and not self.nftables_differs
+                and self.failed == 0 and self.skipped == 0 and self.passed > 0)
 
 
 @dataclass(frozen=True)
@@ -41,9 +49,10 @@ class FallbackRow:
 
 
 def kernel_row(name: str, expected: str, accel: str, result: dict | None, boot_seconds: float,
-               boot_problem: str | None) -> KernelRow:
+               boot_problem: str | None, nftables_expected: str = "") -> KernelRow:
     result = result or {}
     choice, tests = result.get("choice") or {}, result.get("tests") or {}
+    nft = result.get("nftables_choice") or {}
     problems = [p for p in (boot_problem,) if p] + list(result.get("prepare_problems", []))
     if not result.get("done"):
         problems.append("the guest did not finish (see console.log)")
@@ -55,7 +64,9 @@ def kernel_row(name: str, expected: str, accel: str, result: dict | None, boot_s
     why = "every eBPF check passed" if choice.get("engine") == "ebpf" else "; ".join(choice.get("failed_checks", []))
     return KernelRow(name, result.get("release", "?"), accel, expected, choice.get("engine", ""), why,
                      tests.get("passed", 0), tests.get("failed", 0), tests.get("skipped", 0),
-                     boot_seconds, tests.get("seconds", 0.0), tuple(problems))
+                     boot_seconds, tests.get("seconds", 0.0), tuple(problems),
+                     nftables_expected=nftables_expected, nftables=nft.get("engine", ""),
+                     nftables_why="; ".join(nft.get("failed_checks", [])))
 
 
 # `pytest -v` prints one line per outcome as it goes ("tests/x.py::t[p] PASSED   [ 12%]"); a test
@@ -119,6 +130,19 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _nftables_cell(row: KernelRow) -> str:
+    if not row.nftables_expected:  # a row from before the matrix asked
+        return "- (not recorded)"
+    return f"{row.nftables or '-'} ({row.nftables_expected})" + (f": {row.nftables_why}" if row.nftables_why else "")
+
+
+def _kernel_faults(row: KernelRow) -> list[str]:
+    faults = list(row.problems)
+    if row.nftables_differs:
+        faults.append(f"--nftables-enabled chose {row.nftables or 'nothing'}, expected {row.nftables_expected}")
+    return faults or ["engine or tests differ"]
+
+
 def markdown(kernels: list[KernelRow], fallbacks: list[FallbackRow], meta: dict) -> str:
     runs = meta.get("runs") or {}
     several = len({r.run for r in kernels + fallbacks}) > 1
@@ -133,14 +157,14 @@ def markdown(kernels: list[KernelRow], fallbacks: list[FallbackRow], meta: dict)
                 f"Tests in each guest{' (--ci subset)' if meta.get('ci') else ''}: "
                 + " ".join(f"`{t}`" for t in meta.get("tests", []))]
     lines = head + ["",
-             "| kernel | release | engine chosen (expected) | why | tests passed / failed / skipped | "
-             "guest s (tests s) | result |",
-             "|---|---|---|---|---|---|---|"]
+             "| kernel | release | engine chosen (expected) | why | --nftables-enabled chose (expected) | "
+             "tests passed / failed / skipped | guest s (tests s) | result |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in kernels:
         lines.append("| " + " | ".join(_cell(c) for c in (
-            row.name, row.release, f"{row.engine or '-'} ({row.expected})", row.why or "-",
+            row.name, row.release, f"{row.engine or '-'} ({row.expected})", row.why or "-", _nftables_cell(row),
             f"{row.passed} / {row.failed} / {row.skipped}", f"{row.boot_seconds:.0f} ({row.test_seconds:.0f})",
-            ("ok" if row.ok else "FAIL: " + "; ".join(row.problems or ("engine or tests differ",)))
+            ("ok" if row.ok else "FAIL: " + "; ".join(_kernel_faults(row)))
             + (f" (run {row.run})" if several else ""))) + " |")
     if fallbacks:
         lines += ["", "| fallback | kernel seen | condition | engine chosen (expected) | why | "

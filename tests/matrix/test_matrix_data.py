@@ -89,6 +89,18 @@ def test_kernels_yaml_expects_ebpf_from_5_7_and_names_real_guests():
                 assert f"def {function}(" in handle.read(), f"{arg}: no such test"
 
 
+# the nftables engine's check has the kernel take its table: inet nat needs Linux 5.2, the
+# concatenated interval sets (ports-for-uids) 5.6 (engine/nftables/redirect.py's fix text)
+MIN_NFTABLES_KERNEL = (5, 6)
+
+
+def test_kernels_yaml_expects_the_nftables_engine_where_the_kernel_takes_its_table():
+    for k in MATRIX.kernels:
+        series = kernel_version(k.series if "." in k.series else f"{k.series}.0")
+        assert k.nftables == ("nftables" if series >= MIN_NFTABLES_KERNEL else "iptables"), k
+    assert [k.nftables for k in MATRIX.kernels] == ["nftables"] * 4
+
+
 def test_kernels_yaml_has_sids_7x_row_beside_the_stable_ones():
     by_name = {k.name: k for k in MATRIX.kernels}
     sid = by_name["debian-sid-7.x"]
@@ -108,3 +120,10 @@ def test_kernels_yaml_errors_name_the_problem(tmp_path):
     with pytest.raises(kernels.MatrixError) as err:
         kernels.load(str(bad))
     assert "engine nope" in str(err.value) and "`guest: b` names no kernel" in str(err.value)
+    assert "a: `nftables: ` (what --nftables-enabled must choose) is not one of" in str(err.value)
+    bad.write_text("kernels:\n  - {name: a, suite: s, series: '5.10', engine: ebpf, nftables: ebpf}\ntests: [tests]\n")
+    with pytest.raises(kernels.MatrixError, match="a: `nftables: ebpf`"):
+        kernels.load(str(bad))
+    bad.write_text("kernels:\n  - {name: a, suite: s, series: '5.10', engine: ebpf, nftables: iptables}\n"
+                   "tests: [tests]\n")
+    assert kernels.load(str(bad)).kernels[0].nftables == "iptables"

@@ -3,11 +3,16 @@ KVM/TCG decision, what the guest reads from tpctl and pytest, and the table. No 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import subprocess
 
 import pytest
 
+from engine import config as config_module
+from engine import values
+from engine.choice import Check, choose
+from engine.probe import Backend, HostFacts
 from vagrant import boot, box, guest, kernels, matrix, table
 
 CONTROL = """Package: linux-image-amd64
@@ -164,6 +169,79 @@ def test_engine_and_failed_checks_from_install_output():
     assert guest.engine_of("boom\n")[0] == "unknown"
 
 
+def _install_stderr(**flags) -> str:
+    """install's `# reason` lines as engine.apply writes them, from the real choice."""
+    checks = flags.pop("checks")
+    facts = HostFacts("6.1.0", "/sys/fs/cgroup/unified", (), (Backend("legacy", True, 0), Backend("nft", True, 0)),
+                      "nf_tables", {}, ())
+    config = config_module.build({"kuma_dp_user": values.ProxyUser(5678, None), **flags})
+    return "".join(f"# {reason}\n" for reason in choose(config, facts, checks).reasons) + "tpctl: dry run\n"
+
+
+NFT_TAKES = Check("nf_tables takes the table", True, "nftables v1.0.6: the kernel accepts the transaction")
+NFT_REFUSED = Check("nf_tables takes the table", False,
+                          "nftables v1.0.6: Error: Could not process rule; No such file or directory",
+                          fix="a kernel with nf_tables, inet nat (5.2+) and concatenated ranges (5.6+)")
+
+
+def test_the_nftables_choice_from_installs_real_reasons():
+    nft_tool = Check("nft", True, "/usr/sbin/nft")
+    chosen = _install_stderr(nftables_enabled=True, checks={"nftables": [nft_tool, NFT_TAKES]})
+    assert "# --nftables-enabled and every nftables check passed\n" in chosen
+    assert guest.engine_of(chosen) == ("nftables", [])
+    refused = _install_stderr(nftables_enabled=True, checks={"nftables": [nft_tool, NFT_REFUSED]})
+    engine, failed = guest.engine_of(refused)
+    # the whole check, "; " in nft's error and the fix included; the passing nft check is not a failure
+    assert engine == "iptables" and failed == [
+        "[FAIL] nf_tables takes the table: nftables v1.0.6: Error: Could not process rule; No such file or "
+        "directory (fix: a kernel with nf_tables, inet nat (5.2+) and concatenated ranges (5.6+))"]
+    assert guest.engine_of(_install_stderr(checks={})) == ("iptables", [])  # the default, nothing asked
+
+
+def test_the_engine_after_a_fallback_is_the_one_fallen_back_to():
+    ebpf_failed = {"ebpf": [Check("kernel", False, "kernel 2.6.61 (need >= 5.7)", fix="boot a kernel >= 5.7"),
+                            Check("cgroup2", False, "no cgroup2 mount")],
+                   "nftables": [NFT_TAKES]}
+    both = dict(ebpf_enabled=True, experimental_transparent_proxy_engine=True, nftables_enabled=True)
+    engine, failed = guest.engine_of(_install_stderr(**both, checks=ebpf_failed))
+    assert engine == "nftables" and [f.split(":")[0] for f in failed] == ["[FAIL] kernel", "[FAIL] cgroup2"]
+    engine, failed = guest.engine_of(_install_stderr(**both, checks=dict(ebpf_failed, nftables=[NFT_REFUSED])))
+    assert engine == "iptables"
+    assert [f.split(":")[0] for f in failed] == ["[FAIL] kernel", "[FAIL] cgroup2", "[FAIL] nf_tables takes the table"]
+
+
+def test_the_guest_records_the_nftables_dry_run_beside_choice_txt(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_tpctl(*args, **kwargs):
+        seen.append(args)
+        return subprocess.CompletedProcess(args, 0, "table inet tpctl {}\n",
+                                           "# --nftables-enabled and every nftables check passed\n")
+    monkeypatch.setattr(guest, "tpctl", fake_tpctl)
+    assert guest.nftables_choice(str(tmp_path)) == {"engine": "nftables", "failed_checks": [], "exit": 0}
+    assert seen[0][:3] == ("install", "--nftables-enabled", "--dry-run") and "--ebpf-enabled" not in seen[0]
+    text = (tmp_path / guest.NFTABLES_CHOICE).read_text()
+    assert text.startswith("$ tpctl install --nftables-enabled --dry-run  (exit 0)\n") and "table inet tpctl" in text
+    assert guest.NFTABLES_CHOICE in matrix.ARTEFACTS  # kept in results/<kernel>/
+
+
+def test_the_guest_saves_the_nftables_choice_after_the_ebpf_one(tmp_path, monkeypatch):
+    order = []
+    monkeypatch.setattr(guest, "prepare", lambda job: [])
+    monkeypatch.setattr(guest, "choice", lambda out: order.append("ebpf") or {"engine": "ebpf"})
+    monkeypatch.setattr(guest, "nftables_choice", lambda out: order.append("nftables") or {"engine": "iptables"})
+    monkeypatch.setenv("TPCTL_TIMEOUT_SCALE", "8")
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"name": "k", "tests": []}))
+    assert guest.main(str(job)) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert order == ["ebpf", "nftables"] and result["nftables_choice"] == {"engine": "iptables"} and result["done"]
+    job.write_text(json.dumps({"name": "f", "tests": [], "choice": False}))  # the boot without cgroup2
+    order.clear()
+    guest.main(str(job))
+    assert order == [] and "nftables_choice" not in json.loads((tmp_path / "result.json").read_text())
+
+
 def test_junit_counts(tmp_path):
     path = tmp_path / "junit.xml"
     path.write_text('<testsuites><testsuite tests="5" failures="1" errors="1" skipped="1">'
@@ -174,11 +252,12 @@ def test_junit_counts(tmp_path):
 
 
 GOOD = {"done": True, "release": "6.1.0-9-amd64", "choice": {"engine": "ebpf", "failed_checks": []},
+        "nftables_choice": {"engine": "nftables", "failed_checks": [], "exit": 0},
         "tests": {"passed": 41, "failed": 0, "skipped": 0, "exit": 0, "seconds": 600.0, "failures": []}}
 
 
 def test_rows_and_table():
-    ok = table.kernel_row("debian12-6.1", "ebpf", "tcg", GOOD, 700.0, None)
+    ok = table.kernel_row("debian12-6.1", "ebpf", "tcg", GOOD, 700.0, None, nftables_expected="nftables")
     died = table.kernel_row("debian11-5.10", "ebpf", "tcg", {"release": "5.10.0-9-amd64"}, 2700.0,
                             "killed after 2700 s")
     wrong = table.kernel_row("x", "ebpf", "tcg", dict(GOOD, choice={"engine": "iptables",
@@ -190,13 +269,56 @@ def test_rows_and_table():
                              "release": "6.1.0-9-amd64"})
     text = table.markdown([ok, died, wrong], [fb], {"when": "now", "accel": "tcg", "accel_reason": "r", "qemu": "7.2"})
     lines = text.splitlines()
-    assert ("| debian12-6.1 | 6.1.0-9-amd64 | ebpf (ebpf) | every eBPF check passed | 41 / 0 / 0 | 700 (600) | ok |"
-            in lines)
+    assert ("| debian12-6.1 | 6.1.0-9-amd64 | ebpf (ebpf) | every eBPF check passed | nftables (nftables) | "
+            "41 / 0 / 0 | 700 (600) | ok |" in lines)
     assert any(line.startswith("| x |") and "[FAIL] a\\|b" in line for line in lines)  # cells escape |
     assert "| no-cgroup2 | 6.1.0-9-amd64 | no-cgroup2 | iptables (iptables) | [FAIL] cgroup2: none | 3 | ok |" in lines
     record = table.as_json([ok], [fb], {})
     assert record["ok"] and record["kernels"][0]["ok"]
     assert not table.as_json([ok, died], [fb], {})["ok"]
+
+
+def test_a_row_whose_nftables_choice_differs_is_not_ok_and_says_so():
+    fell_back = dict(GOOD, nftables_choice={"engine": "iptables", "exit": 0,
+                                            "failed_checks": ["[FAIL] nf_tables takes the table: Error: x|y"]})
+    row = table.kernel_row("debian11-5.10", "ebpf", "tcg", fell_back, 700.0, None, nftables_expected="nftables")
+    assert (row.engine, row.nftables, row.failed) == ("ebpf", "iptables", 0) and not row.ok
+    as_expected = table.kernel_row("old", "ebpf", "tcg", fell_back, 700.0, None, nftables_expected="iptables")
+    assert as_expected.ok  # a kernel expected to refuse the table
+    unasked = table.kernel_row("debian11-5.10", "ebpf", "tcg", dict(GOOD, nftables_choice=None), 700.0, None,
+                               nftables_expected="nftables")  # the guest died before, or an older guest.py
+    assert unasked.nftables == "" and not unasked.ok
+    line = next(line for line in table.markdown([row, unasked], [], {}).splitlines()
+                if line.startswith("| debian11-5.10 |"))
+    cells = [c.strip() for c in line.split(" | ")]
+    assert cells[4] == "iptables (nftables): [FAIL] nf_tables takes the table: Error: x\\|y"
+    assert cells[-1] == "FAIL: --nftables-enabled chose iptables, expected nftables |"
+    assert "FAIL: --nftables-enabled chose nothing, expected nftables |" in table.markdown([unasked], [], {})
+    record = table.as_json([row], [], {})
+    assert not record["ok"] and record["kernels"][0]["nftables"] == "iptables"
+
+
+# a row of vagrant/results/matrix.json as written before the nftables choice was recorded
+OLD_ROW = {"name": "debian11-5.10", "release": "5.10.0-32-amd64", "accel": "tcg", "expected": "ebpf", "engine": "ebpf",
+           "why": "every eBPF check passed", "passed": 44, "failed": 0, "skipped": 0, "boot_seconds": 4223.8,
+           "test_seconds": 4063.0, "problems": [], "run": "2026-11-21 21:50 UTC at b1e2395", "ok": True}
+
+
+def test_rows_recorded_before_the_nftables_choice_still_render_and_keep_their_verdict():
+    previous = {"meta": {"when": "2026-11-21 18:37 UTC"}, "kernels": [OLD_ROW], "fallbacks": []}
+    rerun = dataclasses.replace(table.kernel_row("debian12-6.1", "ebpf", "tcg", GOOD, 700.0, None,
+                                                 nftables_expected="nftables"), run="2026-12-02 10:00 UTC at abc1234")
+    rows, _, meta = table.merge(previous, [rerun], [], {"runs": {rerun.run: {"tests": ["t"]}}},
+                                ["debian11-5.10", "debian12-6.1"], [])
+    old = rows[0]
+    assert (old.name, old.nftables_expected, old.nftables, old.ok) == ("debian11-5.10", "", "", True)
+    lines = table.markdown(rows, [], meta).splitlines()
+    assert any(line.startswith("| debian11-5.10 |") and "| - (not recorded) |" in line
+               and line.endswith("| ok (run 2026-11-21 21:50 UTC at b1e2395) |") for line in lines)
+    assert any(line.startswith("| debian12-6.1 |") and "| nftables (nftables) |" in line for line in lines)
+    # and the record written now reads back the same
+    again, _, _ = table.merge(table.as_json(rows, [], meta), [], [], {}, ["debian11-5.10", "debian12-6.1"], [])
+    assert again == rows
 
 
 def test_ci_and_named_selection():
