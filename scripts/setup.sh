@@ -22,9 +22,10 @@ done
 # engines and tests: iptables .. haproxy (nftables: nft deletes the empty tables iptables-nft made);
 # gcc, libc6-dev: the C-layout tests compile against the BPF structs, and pip builds
 # python-iptables' C part where PyPI has no wheel for this Python (3.14 on sid); python3-dev its
-# headers; bench/: wrk nginx-light iperf3 python3-matplotlib, and git (its results name the commit)
+# headers; bench/: wrk nginx-light iperf3 python3-matplotlib, and git (its results name the commit);
+# openssh-client: ssh-keygen makes the host key of the SSH guard tests' sshd (below)
 PACKAGES=(iptables nftables iproute2 util-linux python3-venv python3-bpfcc bpftool linux-headers-amd64 haproxy
-          gcc libc6-dev python3-dev wrk nginx-light iperf3 python3-matplotlib git)
+          gcc libc6-dev python3-dev wrk nginx-light iperf3 python3-matplotlib git openssh-client)
 # vagrant/: qemu-system-x86, busybox-static (virtme's initramfs) and kmod (depmod of the fetched
 # kernels, modprobe in guests) for the kernel matrix; vagrant (`vagrant validate` of the boxes);
 # debootstrap for the userland matrix's roots
@@ -41,6 +42,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
   dpkg --configure -a  # finishes what an interrupted earlier run left unpacked (apt refuses until then)
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# tests/netns/test_ssh_guard.py runs a real sshd in a namespace: Debian's openssh-server unpacked
+# into .cache/openssh-server/, never installed (the package would start and enable an sshd on the
+# host), with the libraries it links against installed (libraries only: no service starts).
+sshd_root=.cache/openssh-server
+if [ ! -x "$sshd_root/usr/sbin/sshd" ]; then
+  libs=$(apt-cache depends --important openssh-server 2>/dev/null | awk '/Depends: lib/ {print $2}' | tr -d '<>' || true)
+  if [ -z "$libs" ]; then apt-get update -qq; libs=$(apt-cache depends --important openssh-server | awk '/Depends: lib/ {print $2}' | tr -d '<>'); fi
+  # shellcheck disable=SC2086 # one word per library package
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $libs >/dev/null
+  rm -rf "$sshd_root" "$sshd_root.part" && mkdir -p "$sshd_root.part/deb"
+  (cd "$sshd_root.part/deb" && apt-get download -qq openssh-server 2>/dev/null)
+  dpkg-deb -x "$sshd_root.part"/deb/openssh-server_*.deb "$sshd_root.part"
+  rm -rf "$sshd_root.part/deb" && mv "$sshd_root.part" "$sshd_root"
 fi
 
 # BCC compiles against /lib/modules/$(uname -r)/build and .../source. The running kernel may
