@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Callable
 
-from engine import journal, netlink, passthrough, registry, ssh_guard, state
+from engine import journal, netlink, passthrough, persist, registry, ssh_guard, state
 from engine.choice import choose
 from engine.config import Config
 from engine.contract import Check, Choice, RedirectEngine, Transaction, transaction
@@ -51,14 +51,19 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
         say(f"# [WARNING] {warning}")
     for note in engine.notes(config, facts, choice):
         say(note)
+    paths = persist.Paths.here()
     if config.dry_run:
+        if config.persist:
+            say(f"# --persist: would write {paths.config} and {paths.unit}, enabled (at boot: "
+                f"{persist.command_line(config)})")
         show(plan.render())
         return
     digest = plan.digest()
     with state.locked(state_dir):
         previous = _previous_install(config, state_dir, say)
         mine = state.engine_part(previous, engine.name)
-        if previous and mine is not None and previous.get("digest") == digest and not engine.status(mine)[2]:
+        if (previous and mine is not None and previous.get("digest") == digest and not engine.status(mine)[2]
+                and (not config.persist or persist.written(config, paths))):
             say("tpctl: already installed with this configuration; nothing changed")
             return
         record: dict = {}  # the engine fills it in, each object before it exists
@@ -82,6 +87,9 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
                     if each is not engine:
                         each.remove_previous(tx, config, state.engine_part(previous, each.name))
                 _passthrough_gone(tx, 6 in choice.families, state.owns_passthrough(previous))
+                if config.persist:  # the same for every engine: the file and the unit install it at boot
+                    tx.step(f"persist: write {paths.config} and {paths.unit}, enable it",
+                            lambda: persist.write(config, paths), lambda before: persist.restore(paths, before))
                 # the journal keeps naming the replaced install while its last objects (no traffic
                 # goes through them any more) are still to go after the commit
                 tx.step("record the install in the state file",

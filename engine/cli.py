@@ -9,7 +9,7 @@ import click
 from click.core import ParameterSource
 
 from engine import config as config_module
-from engine import lifecycle, registry, state
+from engine import lifecycle, persist, registry, state
 from engine.errors import ConfigError, DriftFound, Interrupted, Terminated
 from engine.options import INSTALL_OPTIONS, OptionSpec
 
@@ -101,11 +101,14 @@ def install(ctx, config_files, state_dir, **params):
 @click.option("--verbose", is_flag=True, help="print every object removed")
 @click.option("--ebpf-bpffs-path", default=None, help="bpffs mount that holds <path>/tpctl pins "
               "[default: the one recorded at install]")
+@click.option("--keep-persistence", is_flag=True,
+              help="keep what install --persist wrote (tpctl.service's own stop: the next boot installs again)")
 @state_dir_option
-def uninstall(dry_run, verbose, ebpf_bpffs_path, state_dir):
+def uninstall(dry_run, verbose, ebpf_bpffs_path, keep_persistence, state_dir):
     """Remove exactly what install made, and nothing else."""
     _need_root("uninstall")
-    removed = lifecycle.uninstall(state.state_dir(state_dir), {"ebpf_bpffs_path": ebpf_bpffs_path}, dry_run, _say)
+    removed = lifecycle.uninstall(state.state_dir(state_dir), {"ebpf_bpffs_path": ebpf_bpffs_path,
+                                                               "keep_persistence": keep_persistence}, dry_run, _say)
     if dry_run or verbose:
         for line in removed:
             _show(("would remove: " if dry_run else "removed: ") + line)
@@ -134,11 +137,13 @@ def status(as_json, ebpf_bpffs_path, state_dir):
 
 def status_text(report: dict, engine_lines: list[str]) -> str:
     """What `systemctl status` would say: a headline, then lines a person reads."""
+    persistent = persist.status_line(report["persistent"])
     if not report["installed"]:
         head = "tpctl: not installed"
         if report["drift"]:
             head += f" (no usable state file in {report['state_dir']}), but tpctl objects are on this host:"
-        return "\n".join([head, *(f"  {d.removeprefix(lifecycle.LEFTOVER)}" for d in report["drift"])])
+        said = [f"  {persistent}"] if report["persistent"]["unit"] or report["persistent"]["config"] else []
+        return "\n".join([head, *(f"  {d.removeprefix(lifecycle.LEFTOVER)}" for d in report["drift"]), *said])
     lines = [f"tpctl: installed, engine {report['engine']} (since {report['installed_at']})"]
     choice = report.get("choice") or {}
     for number, reason in enumerate(choice.get("reasons", [])):
@@ -148,6 +153,7 @@ def status_text(report: dict, engine_lines: list[str]) -> str:
         lines.append(f"  families: {families}" + ("; ::6/128 on lo added by tpctl" if report.get("ipv6_passthrough_added")
                                                  else ""))
     lines += [f"  {line}" for line in engine_lines]
+    lines.append(f"  {persistent}")
     if report["drift"]:
         lines.append(f"  drift: {len(report['drift'])} differences from the record (below; exit code 5)")
     else:

@@ -58,6 +58,7 @@ class Config:
     ebpf_tc_attach_iface: str | None
     ebpf_sk_msg_accel: bool
     nftables_enabled: bool
+    persist: bool
     allow_ssh_redirect: bool
     no_fallback: bool
     iptables_backend: str

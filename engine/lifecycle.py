@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from engine import journal, passthrough, registry, state
+from engine import journal, passthrough, persist, registry, state
 from engine.transaction import signal_point
 
 Say = Callable[[str], None]
@@ -34,11 +34,13 @@ def remove(records: list[dict], options: dict, dry_run: bool, say: Say) -> list[
         removed.append("lo: remove ::6/128")
         if not dry_run:
             passthrough.remove()
+    if not options.get("keep_persistence"):  # the unit's own ExecStop keeps it for the next boot
+        removed += persist.remove(persist.Paths.here(), dry_run)
     return removed
 
 
 def uninstall(state_dir: str, options: dict, dry_run: bool, say: Say) -> list[str]:
-    """Remove what install made. `options`: uninstall's flags (ebpf_bpffs_path)."""
+    """Remove what install made. `options`: uninstall's flags (ebpf_bpffs_path, keep_persistence)."""
     if dry_run:  # read only: not even the state directory is created
         return remove(_known(state_dir, say), options, True, say)
     with state.locked(state_dir):
@@ -68,7 +70,8 @@ def status(state_dir: str, options: dict) -> tuple[dict, list[str]]:
     `drift` non-empty means exit code 5."""
     record, problem = state.read(state_dir)
     found, journal_problem = journal.read(state_dir)
-    report: dict = {"installed": record is not None, "state_dir": state_dir, "drift": []}
+    report: dict = {"installed": record is not None, "state_dir": state_dir, "drift": [],
+                    "persistent": persist.status(persist.Paths.here())}
     if problem or journal_problem:
         report["drift"] += [f"{p} (fix: tpctl uninstall removes what the journal, tags and pins show)"
                             for p in (problem, journal_problem) if p]

@@ -123,6 +123,10 @@ INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("nftables-enabled", v.boolean, False,
                "use the native nftables engine (one table, inet tpctl) where its checks pass, else iptables "
                "(tpctl only; after eBPF when both are asked for)", switch=True),
+    OptionSpec("persist", v.boolean, False,
+               "also survive reboots: write the configuration to /etc/tpctl/config.yaml (kumactl's schema) and "
+               "enable tpctl.service, which installs from it at boot; tpctl uninstall removes both (tpctl only)",
+               switch=True),
     OptionSpec("allow-ssh-redirect", v.boolean, False,
                "install even though inbound redirection would take an SSH port (the session's, or one sshd "
                "listens on) to the sidecar; without it install refuses (exit 2) naming the port (tpctl only)",

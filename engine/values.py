@@ -139,6 +139,13 @@ class PortsForUids:
         lo, hi = self.uid_range
         return str(lo) if lo == hi else f"{lo}-{hi}"
 
+    @property
+    def text(self) -> str:
+        """The entry as --exclude-outbound-ports-for-uids takes it: "tcp:53,3000-5000:106-108"."""
+        proto = "*" if self.protocols == ("tcp", "udp") else ",".join(self.protocols)
+        ports = ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self.port_ranges)
+        return f"{proto}:{ports}:{self.uids}"
+
     def to_json(self) -> dict:
         return {"protocols": self.protocols, "ports": self.ports, "uids": self.uids}
 

@@ -120,6 +120,7 @@ class Sandbox:
         self.tmp = tempfile.mkdtemp(prefix=f"{prefix}-sandbox-")
         self.pyroot = os.path.join(self.tmp, "py")  # RUNNABLE, as package sandbox
         self.state_dir = os.path.join(self.tmp, "state")
+        self.persist_root = os.path.join(self.tmp, "root")  # /etc/tpctl and /etc/systemd/system under it
         self.resolv_conf = os.path.join(self.tmp, "resolv.conf")
         self.cgroup: str | None = None
         self.bpffs: str | None = None
@@ -269,7 +270,9 @@ class Sandbox:
     def tpctl(self, *args: str, env: dict | None = None, timeout: float = 180,
               input: str | None = None) -> subprocess.CompletedProcess:
         """Run tpctl inside the app namespace with this sandbox's state dir."""
-        full_env = {**os.environ, "TPCTL_STATE_DIR": self.state_dir, **(env or {})}
+        # --persist writes under the sandbox's own root, never the host's /etc (engine/persist.py)
+        full_env = {**os.environ, "TPCTL_STATE_DIR": self.state_dir, "TPCTL_PERSIST_ROOT": self.persist_root,
+                    **(env or {})}
         return self.run(self.app, [sys.executable, "-m", "engine.cli", *args], env=full_env, timeout=timeout,
                         input=input)
 

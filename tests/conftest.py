@@ -18,6 +18,12 @@ def pytest_sessionstart(session):
     A suite started in the background (nohup, some CI runners) inherits SIGINT ignored, and so
     would every tpctl it starts: the interrupt tests need a tpctl that Ctrl-C reaches, as from a
     terminal. A handled signal is reset to its default in a child, an ignored one is not."""
+    # no test writes the host's /etc: `install --persist` anywhere in the suite (the sandbox sets
+    # its own) writes under a throwaway root
+    if "TPCTL_PERSIST_ROOT" not in os.environ:
+        import tempfile
+
+        os.environ["TPCTL_PERSIST_ROOT"] = tempfile.mkdtemp(prefix="tpctl-test-root-")
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if os.geteuid() != 0:
@@ -30,6 +36,11 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    root = os.environ.get("TPCTL_PERSIST_ROOT", "")
+    if os.path.basename(root).startswith("tpctl-test-root-"):
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
     if os.environ.get("TPCTL_NO_SKIP") != "1":
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
