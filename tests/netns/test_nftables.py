@@ -22,12 +22,12 @@ FOREIGN_TABLE = """table inet foreign {
 \t\telements = { 198.18.200.0/24 }
 \t}
 
-\tchain out {
+\tchain foreign_out {
 \t\ttype nat hook output priority -100; policy accept;
 \t\tip daddr @blocked tcp dport 7778 redirect to :22
 \t}
 
-\tchain pre {
+\tchain foreign_pre {
 \t\ttype filter hook prerouting priority -300; policy accept;
 \t\tudp dport 5353 notrack
 \t}
