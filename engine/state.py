@@ -111,7 +111,10 @@ def write_json(directory: str, name: str, record: dict) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({**record, "version": VERSION}, handle, indent=2, sort_keys=True)
+        # one json.dumps without indent: the C encoder (json.dump and indent take the Python one,
+        # 10x slower for an install with 20,000 exclusions, written at every step); status --json
+        # is the readable view
+        handle.write(json.dumps({**record, "version": VERSION}, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, os.path.join(directory, name))

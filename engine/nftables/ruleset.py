@@ -19,6 +19,7 @@ What differs from the iptables rules, and why:
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -116,13 +117,25 @@ def disjoint_networks(networks: Iterable) -> list:
     ones stay separate elements, so each excluded CIDR is one element."""
     kept: list = []
     last_end = -1
-    spans = sorted((int(n.network_address), n.prefixlen, n) for n in set(networks))
+    # duplicates need no set (hashing 10,000 networks costs more than the sort): each starts
+    # inside its twin and is skipped below
+    spans = sorted((int(n.network_address), n.prefixlen, n) for n in networks)
     for start, prefixlen, net in spans:  # integers: ipaddress' own comparisons cost 10x more
         if start <= last_end:  # starts inside the last kept one: prefixes nest, so it lies inside
             continue
         kept.append(net)
         last_end = start + (1 << (net.max_prefixlen - prefixlen)) - 1
     return kept
+
+
+def _element(net) -> str:
+    """A network as a set element: a bare address for a host, else address/prefix (IPv4 through
+    inet_ntoa: ipaddress' str() is the slowest part of rendering 10,000 CIDRs)."""
+    if net.version == 4:
+        address = socket.inet_ntoa(int(net.network_address).to_bytes(4, "big"))
+    else:
+        address = str(net.network_address)
+    return address if net.prefixlen == net.max_prefixlen else f"{address}/{net.prefixlen}"
 
 
 def merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -196,9 +209,7 @@ class _Planner:
     def address_set(self, name: str, family: int, networks: Iterable) -> str | None:
         nets = [n for n in networks if n.version == family]
         kind = "ipv4_addr" if family == 4 else "ipv6_addr"
-        return self.set_of(f"{name}_ipv{family}", kind, (str(n) if n.prefixlen < n.max_prefixlen
-                                                          else str(n.network_address)
-                                                          for n in disjoint_networks(nets)))
+        return self.set_of(f"{name}_ipv{family}", kind, map(_element, disjoint_networks(nets)))
 
     def guard(self) -> list[str]:
         """IPv4-only installs: IPv6 packets leave every base chain at once."""
