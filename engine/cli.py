@@ -10,7 +10,7 @@ from click.core import ParameterSource
 
 from engine import config as config_module
 from engine import lifecycle, persist, registry, state
-from engine.errors import ConfigError, DriftFound, Interrupted, Terminated
+from engine.errors import ConfigError, DriftFound, Interrupted, Terminated, TpctlError
 from engine.options import INSTALL_OPTIONS, OptionSpec
 
 
@@ -118,15 +118,24 @@ def uninstall(dry_run, verbose, ebpf_bpffs_path, keep_persistence, state_dir):
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="print the full record as JSON")
+@click.option("--dataplane", is_flag=True,
+              help="print the Dataplane networking.transparentProxying block (YAML) that matches the install")
 @click.option("--ebpf-bpffs-path", default=None, hidden=True)
 @state_dir_option
-def status(as_json, ebpf_bpffs_path, state_dir):
+def status(as_json, dataplane, ebpf_bpffs_path, state_dir):
     """Say what is installed and whether it drifted (exit code 5 when it did)."""
     from engine.probe import probe
 
     _need_root("status")
     report, lines = lifecycle.status(state.state_dir(state_dir), {"ebpf_bpffs_path": ebpf_bpffs_path})
-    if as_json:
+    if dataplane:
+        from engine import dataplane as dataplane_block
+
+        if not report["installed"]:
+            raise TpctlError(f"not installed (no state in {report['state_dir']}): there is no transparentProxying "
+                             "block to print; install first")
+        _show(dataplane_block.text(report).rstrip())
+    elif as_json:
         report["host"] = probe().to_json()
         _show(json.dumps(report, indent=2, sort_keys=True, default=str))
     else:

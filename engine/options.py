@@ -97,9 +97,10 @@ INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("redirect-outbound-insert-instead-of-append", v.boolean, False,
                "insert the outbound jump at the top of OUTPUT instead of appending it",
                yaml="redirect.outbound.insertRedirectInsteadOfAppend", switch=True),
-    OptionSpec("iptables-executables", str, "",
+    OptionSpec("iptables-executables", v.executables, "",
                "custom executables: iptables:/path,iptables-save:/path,iptables-restore:/path,"
-               "ip6tables:/path,... (nft backend only)", yaml="executables"),
+               "ip6tables:/path,... (nft backend only); in a config file kumactl's mapping",
+               yaml="iptablesExecutables"),
     OptionSpec("experimental-transparent-proxy-engine", v.boolean, False,
                "accepted for kumactl compatibility", switch=True),
     OptionSpec("ebpf-enabled", v.boolean, False, "use the eBPF engine where every check passes",

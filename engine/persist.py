@@ -54,6 +54,8 @@ def _yaml_value(field: str, value):
         return [entry.text for entry in value]
     if field == "vnet":
         return [f"{vn.interface}:{vn.cidr}" for vn in value]
+    if field == "iptables_executables":  # kumactl's flat mapping
+        return dict(item.split(":", 1) for item in value.split(",") if ":" in item)
     if field == "sleep_between_retries":
         return f"{value:g}s"
     if isinstance(value, tuple):

@@ -59,6 +59,14 @@ def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise ValueError(f"{text!r} is not an IP address or CIDR (e.g. 10.0.0.1 or 10.0.0.0/8)") from None
 
 
+def executables(value) -> str:
+    """--iptables-executables as "name:path,...": from that text, or from kumactl's config-file
+    mapping `iptablesExecutables: {iptables: /path, iptables-save: /path, ...}`."""
+    if isinstance(value, dict):
+        return ",".join(f"{name}:{path}" for name, path in value.items() if path)
+    return str(value)
+
+
 def network_list(value) -> tuple:
     return tuple(dict.fromkeys(network(item) for item in _items(value)))
 

@@ -9,6 +9,7 @@ import os
 import shlex
 
 import pytest
+import yaml
 
 from engine import persist
 from sandbox.netns import SRV_V4
@@ -83,3 +84,14 @@ def test_persist_over_an_unpersisted_install_of_the_same_config_writes_the_files
     result = install(sandbox, "iptables-nft", "--persist", *FLAGS)
     assert "nothing changed" not in result.stderr and os.path.islink(paths(sandbox)[2])
     assert "nothing changed" in install(sandbox, "iptables-nft", "--persist", *FLAGS).stderr
+
+
+def test_status_dataplane_prints_the_block_kuma_dp_s_dataplane_needs(sandbox):
+    assert sandbox.tpctl("status", "--dataplane").returncode == 1  # not installed: nothing to describe
+    install(sandbox, "nftables", "--redirect-inbound-port", "16006")
+    block = yaml.safe_load(sandbox.tpctl("status", "--dataplane").stdout)
+    assert block == {"networking": {"transparentProxying": {
+        "redirectPortInbound": 16006, "redirectPortOutbound": 15001, "ipFamilyMode": "DualStack"}}}
+    install(sandbox, "nftables", "--ip-family-mode", "ipv4")
+    block = yaml.safe_load(sandbox.tpctl("status", "--dataplane").stdout)
+    assert block["networking"]["transparentProxying"]["ipFamilyMode"] == "IPv4"
