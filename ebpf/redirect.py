@@ -33,6 +33,10 @@ UNSUPPORTED = {
     "iptables_logs": "--iptables-logs writes netfilter LOG rules",
     "drop_invalid_packets": "--drop-invalid-packets needs conntrack's INVALID state",
     "store_firewalld": "--store-firewalld stores netfilter rules",
+    "include_inbound_ports": "--include-inbound-ports (redirect.inbound.includePorts): the eBPF programs "
+                             "redirect every port but the excluded ones; they have no include list",
+    "include_outbound_ports": "--include-outbound-ports (redirect.outbound.includePorts): the eBPF programs "
+                              "redirect every port but the excluded ones; they have no include list",
 }
 # flag -> why it changes nothing with eBPF (said, not an error)
 NO_EFFECT = {

@@ -27,6 +27,8 @@ class Config:
     redirect_outbound_port: int
     exclude_inbound_ports: tuple
     exclude_outbound_ports: tuple
+    include_inbound_ports: tuple
+    include_outbound_ports: tuple
     exclude_inbound_ips: tuple
     exclude_outbound_ips: tuple
     exclude_outbound_ports_for_uids: tuple
@@ -168,6 +170,11 @@ def validate(config: Config, explicit: dict[str, Any]) -> None:
         if port in seen:
             raise ConfigError(f"{seen[port]} and {flag} are both {port}: each proxy listener needs its own port")
         seen[port] = flag
+    for direction in ("inbound", "outbound"):
+        if getattr(config, f"include_{direction}_ports") and getattr(config, f"exclude_{direction}_ports"):
+            raise ConfigError(f"--include-{direction}-ports and --exclude-{direction}-ports conflict "
+                              f"(redirect.{direction}.includePorts and excludePorts): with include ports only those "
+                              "are redirected, so the exclusions would do nothing (kumactl ignores them silently)")
     for flag, excluded in (("--exclude-outbound-ports", config.exclude_outbound_ports),
                            ("--exclude-inbound-ports", config.exclude_inbound_ports)):
         for port in excluded:

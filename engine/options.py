@@ -48,6 +48,12 @@ INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
                yaml="redirect.inbound.excludePorts", multiple=True),
     OptionSpec("exclude-outbound-ports", v.port_list, (), "outbound ports not redirected (comma list, repeatable)",
                yaml="redirect.outbound.excludePorts", multiple=True),
+    OptionSpec("include-inbound-ports", v.port_list, (),
+               "redirect only these inbound ports (comma list, repeatable; kumactl takes it from a config file "
+               "only); conflicts with --exclude-inbound-ports", yaml="redirect.inbound.includePorts", multiple=True),
+    OptionSpec("include-outbound-ports", v.port_list, (),
+               "redirect only these outbound ports (comma list, repeatable; kumactl takes it from a config file "
+               "only); conflicts with --exclude-outbound-ports", yaml="redirect.outbound.includePorts", multiple=True),
     OptionSpec("exclude-inbound-ips", v.network_list, (),
                "source IPs/CIDRs whose inbound traffic is not redirected (comma list, repeatable)",
                yaml="redirect.inbound.excludePortsForIPs", multiple=True),

@@ -43,6 +43,9 @@ class HostFacts:
     # python-iptables' self-test (engine/iptables/legacy_selftest.py): None when not run (only
     # an install that chose the legacy backend pays for it), "" when it passed, else why not
     python_iptables_problem: str | None = None
+    # the families whose nat table (in the chosen iptables backend) has Docker's DOCKER_OUTPUT
+    # chain: None when not looked (only an iptables install with DNS redirection pays for it)
+    docker_output: tuple[int, ...] | None = None
 
     @property
     def has_ipv6(self) -> bool:

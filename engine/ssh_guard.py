@@ -57,6 +57,8 @@ def exposed(config: Config, session: Session | None, local_addresses: Iterable[s
     if not config.redirect_inbound:
         return []
     excluded = set(config.exclude_inbound_ports)
+    if config.include_inbound_ports:  # only the included ports are redirected
+        excluded = set(range(1, 65536)) - set(config.include_inbound_ports)
     found: dict[int, str] = {}
     # a session to a loopback address never meets inbound redirection (that is PREROUTING's)
     if (session and session.port not in excluded and session.server in set(local_addresses)

@@ -31,6 +31,7 @@ class FamilyInputs:
     loopback: str = "lo"
     comments: bool = True  # the comment match is available
     conntrack_zones: bool = True  # the CT target can set zones
+    docker_output: bool = False  # Docker's DOCKER_OUTPUT chain is in this family's nat table
 
 
 def _tcp(port: int | str, negated: bool = False) -> Match:
@@ -85,8 +86,14 @@ class _Builder:
         for net in self.family_networks(c.exclude_outbound_ips):
             rules.append(Rule("OUTPUT", "RETURN", destination=str(net), comment=skip))
         if self.dns_on:
-            rules.append(Rule("OUTPUT", "RETURN", protocol="udp", comment="return early for DNS traffic from kuma-dp",
-                              matches=(_udp("dport", DNS_PORT), _owner(uid))))
+            # as kumactl: with Docker's embedded DNS (custom networks), kuma-dp's own queries go
+            # to DOCKER_OUTPUT, which DNATs 127.0.0.11:53 to dockerd; a RETURN would skip it
+            if self.f.docker_output:
+                rules.append(Rule("OUTPUT", "DOCKER_OUTPUT", protocol="udp", matches=(_udp("dport", DNS_PORT), _owner(uid)),
+                                  comment="redirect DNS traffic from kuma-dp to the DOCKER_OUTPUT chain"))
+            else:
+                rules.append(Rule("OUTPUT", "RETURN", protocol="udp", comment="return early for DNS traffic from kuma-dp",
+                                  matches=(_udp("dport", DNS_PORT), _owner(uid))))
             port = c.redirect_dns_port
             if c.capture_all_dns:
                 rules.append(Rule("OUTPUT", "REDIRECT", _to_port(port), protocol="udp", matches=(_udp("dport", DNS_PORT),),
@@ -144,6 +151,10 @@ class _Builder:
             return [Rule(INBOUND, "RETURN", protocol="tcp", comment="inbound traffic redirection is disabled")]
         rules = [Rule(INBOUND, "RETURN", source=str(net), comment="skip further processing for configured IP address")
                  for net in self.family_networks(c.exclude_inbound_ips)]
+        if c.include_inbound_ports:  # as Kuma: only these, and no exclusions (config conflicts them)
+            return rules + [Rule(INBOUND, INBOUND_REDIRECT, protocol="tcp", matches=(_tcp(port),),
+                                 comment=f"redirect inbound traffic from port {port} to the custom chain for processing")
+                            for port in c.include_inbound_ports]
         rules += [Rule(INBOUND, "RETURN", protocol="tcp", matches=(_tcp(port),),
                        comment=f"exclude inbound traffic from port {port} from redirection")
                   for port in c.exclude_inbound_ports]
@@ -174,9 +185,13 @@ class _Builder:
                  comment=f"return outbound traffic owned by UID {uid}{self.user}"),
             Rule(OUTBOUND, "RETURN", destination=self.localhost,
                  comment=f"return traffic destined for localhost ({self.localhost}) to avoid redirection"),
-            Rule(OUTBOUND, OUTBOUND_REDIRECT,
-                 comment="redirect all other outbound traffic to our custom chain for further processing"),
         ]
+        if c.include_outbound_ports:  # as Kuma: only these go to the redirect chain
+            return rules + [Rule(OUTBOUND, OUTBOUND_REDIRECT, protocol="tcp", matches=(_tcp(port),),
+                                 comment=f"redirect outbound TCP traffic to port {port} to our custom chain for "
+                                         "further processing") for port in c.include_outbound_ports]
+        rules.append(Rule(OUTBOUND, OUTBOUND_REDIRECT,
+                          comment="redirect all other outbound traffic to our custom chain for further processing"))
         return rules
 
     def redirect(self, chain: str, port: int) -> list[Rule]:

@@ -34,8 +34,29 @@ def family_inputs(config: Config, facts: HostFacts, family: int) -> tuple[Family
     conntrack = facts.extensions.get("CT", True)
     if config.dns_enabled and not conntrack and not config.skip_dns_conntrack_zone_split:
         warnings.append("the CT target is missing: DNS conntrack zone split is off")
+    docker = family in (facts.docker_output or ())
+    if docker and config.capture_all_dns and conntrack and not config.skip_dns_conntrack_zone_split:
+        # as kumactl: zones and Docker's embedded DNS do not mix when all DNS is captured
+        warnings.append(f"IPv{family}: Docker's DOCKER_OUTPUT chain is present and all DNS is captured: the DNS "
+                        "conntrack zone split is off (unsupported inside Docker custom networks, as in kumactl)")
+        conntrack = False
     return FamilyInputs(family, servers, comments=facts.extensions.get("comment", True),
-                        conntrack_zones=conntrack), warnings
+                        conntrack_zones=conntrack, docker_output=docker), warnings
+
+
+def docker_output_families(backend: str, families: tuple[int, ...], wait: int) -> tuple[int, ...]:
+    """The families whose nat table has Docker's DOCKER_OUTPUT chain (kumactl looks for
+    `:DOCKER_OUTPUT` in `iptables-save -t nat`): kuma-dp's own DNS then jumps there."""
+    found = []
+    backend_tools = make_backend(backend, wait)
+    for family in families:
+        try:
+            nat = live.parse_save(backend_tools.save(family)).get("nat")
+        except BackendError:
+            continue
+        if nat is not None and "DOCKER_OUTPUT" in nat.chains:
+            found.append(family)
+    return tuple(found)
 
 
 def plan(config: Config, facts: HostFacts, choice: Choice) -> IptablesPlan:

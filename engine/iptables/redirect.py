@@ -22,12 +22,17 @@ class IptablesEngine(RedirectEngine):
         return selection.choose(config, facts)
 
     def facts_for(self, config: Config, facts: HostFacts, choice: Choice) -> HostFacts:
-        """python-iptables' self-test costs two interpreter start-ups: only the legacy backend pays."""
-        if choice.backend != "legacy" or facts.python_iptables_problem is not None:
-            return facts
-        from engine.iptables.legacy_selftest import python_iptables_problem
+        """python-iptables' self-test costs two interpreter start-ups: only the legacy backend pays.
+        Docker's DOCKER_OUTPUT chain is looked for where the DNS rules will go, as kumactl does."""
+        found: dict[str, object] = {}
+        if config.dns_enabled and facts.docker_output is None:
+            found["docker_output"] = iptables.docker_output_families(choice.backend or "nft", choice.families,
+                                                                     config.wait)
+        if choice.backend == "legacy" and facts.python_iptables_problem is None:
+            from engine.iptables.legacy_selftest import python_iptables_problem
 
-        return dataclasses.replace(facts, python_iptables_problem=python_iptables_problem() or "")
+            found["python_iptables_problem"] = python_iptables_problem() or ""
+        return dataclasses.replace(facts, **found) if found else facts  # type: ignore[arg-type]
 
     def plan(self, config: Config, facts: HostFacts, choice: Choice) -> IptablesPlan:
         return iptables.plan(config, facts, choice)

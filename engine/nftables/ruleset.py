@@ -29,6 +29,7 @@ FAMILY, NAME = "inet", "tpctl"
 TABLE = f"{FAMILY} {NAME}"
 DNS_PORT = 53
 NAT_APPEND, NAT_INSERT = -90, -110  # iptables' nat chains (and Docker's) are at -100
+NAT_FIRST = -120  # what kumactl inserts at the top of nat OUTPUT: before everything else
 RAW = -290  # after iptables' raw (-300), before conntrack (-200): zones are set before tracking
 MANGLE = -140  # after conntrack (-200) and iptables' mangle (-150): the INVALID state is known
 COMMENT_MAX = 128  # bytes nft keeps of a rule comment
@@ -203,7 +204,8 @@ class _Planner:
         elements = tuple(elements)
         if not elements:
             return None
-        self.sets.append(NftSet(name, kind, elements))
+        if all(s.name != name for s in self.sets):  # a set used by two chains is defined once
+            self.sets.append(NftSet(name, kind, elements))
         return "@" + name
 
     def address_set(self, name: str, family: int, networks: Iterable) -> str | None:
@@ -249,6 +251,10 @@ class _Planner:
             found = self.address_set("exclude_inbound", family, self.c.exclude_inbound_ips)
             if found:
                 rules.append(self.rule(f"{IP[family]} saddr {found} return", comment="excluded source addresses"))
+        included = self.set_of("include_inbound_ports", "inet_service", map(str, sorted(self.c.include_inbound_ports)))
+        if included:  # only these (as Kuma's includePorts)
+            rules.append(self.rule(f"tcp dport {included} jump inbound_redirect", comment="included inbound ports"))
+            return [Chain("inbound", tuple(rules))]
         ports = self.set_of("exclude_inbound_ports", "inet_service", map(str, sorted(self.c.exclude_inbound_ports)))
         if ports:
             rules.append(self.rule(f"tcp dport {ports} return", comment="excluded inbound ports"))
@@ -259,9 +265,10 @@ class _Planner:
         return Chain("inbound_redirect", (self.rule(f"meta l4proto tcp redirect to :{self.c.redirect_inbound_port}",
                                                     comment="to the proxy's inbound port"),))
 
-    def output(self) -> Chain:
-        c, uid = self.c, self.uid
-        rules = [*self.guard(), *self.log("OUTPUT")]
+    def exclusions(self) -> list[str]:
+        """kumactl's inserted OUTPUT exclusions (ports for uids, destinations), as returns."""
+        c = self.c
+        rules = []
         found = self.set_of("exclude_outbound_ports_for_uids", "inet_proto . inet_service . uid",
                             ports_for_uids_elements(c.exclude_outbound_ports_for_uids))
         if found:
@@ -271,10 +278,22 @@ class _Planner:
             found = self.address_set("exclude_outbound", family, c.exclude_outbound_ips)
             if found:
                 rules.append(self.rule(f"{IP[family]} daddr {found} return", comment="excluded destinations"))
+        return rules
+
+    def output_first(self) -> list[Chain]:
+        """What kumactl inserts at the top of nat OUTPUT, in a chain before iptables' (-100): the
+        LOG rule, the exclusions and the DNS redirect. So the app's DNS to a local resolver goes
+        to the DNS proxy before Docker's DNAT to its embedded DNS (127.0.0.11) could take it, and
+        kuma-dp's own DNS, which returns here, still meets that DNAT: what kumactl's jump to
+        DOCKER_OUTPUT does, without looking for the chain."""
+        c, uid = self.c, self.uid
+        if not self.dns and not c.iptables_logs:
+            return []
+        rules = [*self.guard(), *self.log("OUTPUT"), *self.exclusions()]
         dns = self.only(self.dns)
         if self.dns:
             rules.append(self.rule(dns, f"udp dport {DNS_PORT} meta skuid {uid} return",
-                                   comment="DNS from the proxy itself"))
+                                   comment="DNS from the proxy itself (Docker's embedded DNS still DNATs it)"))
             if c.capture_all_dns:
                 rules.append(self.rule(dns, f"udp dport {DNS_PORT} redirect to :{c.redirect_dns_port}",
                                        comment="all DNS to the DNS proxy"))
@@ -284,6 +303,14 @@ class _Planner:
                     rules.append(self.rule(f"{IP[family]} daddr {servers} udp dport {DNS_PORT}",
                                            f"redirect to :{c.redirect_dns_port}",
                                            comment="DNS to the resolv.conf servers to the DNS proxy"))
+        return [Chain("output_first", tuple(rules), "nat", "output", NAT_FIRST)]
+
+    def output(self) -> Chain:
+        """The appended jump (inserted with --redirect-outbound-insert-instead-of-append): the
+        exclusions again (a return in another base chain does not end this one; the sets are shared)."""
+        c, uid = self.c, self.uid
+        rules = [*self.guard(), *self.exclusions()]
+        dns = self.only(self.dns)
         jump = self.rule("meta l4proto tcp jump outbound", comment="outbound TCP")
         tcp_dns = [self.rule(dns, f"tcp dport {DNS_PORT} meta skuid != {uid} return",
                              comment="applications' DNS over TCP is not redirected")] if self.dns else []
@@ -310,8 +337,13 @@ class _Planner:
         rules.append(self.rule(f"meta skuid {uid} return", comment="the proxy's own traffic is not redirected"))
         rules += [self.rule(f"{IP[f]} daddr {LOCALHOST[f]} return", comment="localhost is not redirected")
                   for f in self.fams]
-        rules.append(self.rule(f"meta l4proto tcp redirect to :{c.redirect_outbound_port}",
-                               comment="the rest to the proxy's outbound port"))
+        included = self.set_of("include_outbound_ports", "inet_service", map(str, sorted(c.include_outbound_ports)))
+        if included:  # only these (as Kuma's includePorts)
+            rules.append(self.rule(f"tcp dport {included} redirect to :{c.redirect_outbound_port}",
+                                   comment="included outbound ports to the proxy's outbound port"))
+        else:
+            rules.append(self.rule(f"meta l4proto tcp redirect to :{c.redirect_outbound_port}",
+                                   comment="the rest to the proxy's outbound port"))
         return Chain("outbound", tuple(rules))
 
     # -- conntrack zones keep the proxy's own DNS queries apart from the app's ----------------
@@ -353,7 +385,8 @@ class _Planner:
 
     def table(self) -> Table:
         # chains are planned before the table is made: planning them adds the sets they use
-        chains = [self.prerouting(), *self.inbound(), self.inbound_redirect(), self.output(), self.outbound(),
+        chains = [self.prerouting(), *self.inbound(), self.inbound_redirect(), *self.output_first(), self.output(),
+                  self.outbound(),
                   *self.zones(), *self.invalid()]
         return Table(tuple(self.sets), tuple(chains), self.fams)
 

@@ -5,7 +5,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from ebpf_lab import REPO  # noqa: F401  (puts the repo on sys.path)
 
 from ebpf import catalogue, maps

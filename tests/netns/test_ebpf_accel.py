@@ -12,9 +12,9 @@ import json
 
 import pytest
 
+from ebpf.probe import bcc_compiles_accel, bcc_version
 from sandbox.netns import SRV_V4
 from sandbox.scenario import PEERS
-from ebpf.probe import bcc_compiles_accel, bcc_version
 from tests.netns.conftest import install, install_args
 
 PAYLOAD = 8 * 1024 * 1024

@@ -10,6 +10,7 @@ from engine.iptables.builder import FamilyInputs, build_family
 from engine.iptables.live import normalize_save, parse_save
 from tests.netns.conftest import add_foreign_rules, install, install_args, snapshot
 
+
 @pytest.fixture(params=["iptables-legacy", "iptables-legacy-restore", "iptables-nft"])
 def engine(request):
     """These tests read netfilter tables: the iptables engine's backends (eBPF: test_ebpf_lifecycle)."""

@@ -7,9 +7,9 @@ import subprocess
 import time
 
 from sandbox.netns import APP_V4, APP_V6, SRV_V4, SRV_V6
+from sandbox.scenario import PEERS, REAL_DNS_ANSWER
 from sandbox.sidecar import DNS_MARKER_V4
-from sandbox.scenario import REAL_DNS_ANSWER
-from tests.netns.conftest import install
+from tests.netns.conftest import install, install_args
 
 
 def test_outbound_goes_through_the_sidecar_which_recovers_the_original_destination(scene, sandbox, engine):
@@ -137,3 +137,45 @@ def _entries(pinned_map: str) -> int:
     out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", pinned_map],
                          capture_output=True, text=True, timeout=30, check=True).stdout
     return len(json.loads(out))
+
+
+def test_include_ports_redirect_only_those_ports(scene, sandbox, engine):
+    """Kuma's includePorts (config file keys; flags here too). eBPF has no include list: with
+    --no-fallback it refuses naming the flag, without it falls back (tests/netns: fallbacks)."""
+    args = ("--include-outbound-ports", "9000", "--include-inbound-ports", "8080")
+    if engine == "ebpf":
+        refused = sandbox.tpctl(*install_args(engine, sandbox, *args))
+        assert refused.returncode == 3 and "--include-outbound-ports" in refused.stderr, refused.stderr
+        return
+    install(sandbox, engine, *args)
+    assert scene.outbound(SRV_V4, 9001)["reply"].startswith(f"hello from {SRV_V4}:9001")
+    assert scene.inbound(APP_V4, 8081)["reply"].startswith(f"hello from {APP_V4}:8081 to {SRV_V4}:")
+    assert scene.connections("outbound") == [] and scene.connections("inbound") == []
+    scene.outbound(SRV_V4, 9000)
+    scene.inbound(APP_V4, 8080)
+    assert [c["original_dst"] for c in scene.connections("outbound")] == [f"{SRV_V4}:9000"]
+    assert [c["original_dst"] for c in scene.connections("inbound")] == [f"{APP_V4}:8080"]
+
+
+DOCKER_DNS = "198.18.0.111"  # what the stand-in for Docker's embedded DNS answers
+
+
+def test_with_dockers_embedded_dns_the_proxys_own_queries_still_reach_it(scene, sandbox, engine):
+    """A Docker custom network: resolv.conf says 127.0.0.11, and Docker's DOCKER_OUTPUT chain
+    DNATs 127.0.0.11:53 to where dockerd answers (here a DNS server on 127.0.0.11:5353). The
+    app's queries must reach the sidecar's DNS proxy, kuma-dp's own must still reach Docker's
+    (kumactl: kuma-dp's DNS jumps to DOCKER_OUTPUT instead of RETURN)."""
+    backend = "legacy" if engine == "iptables-legacy" else "nft"
+    docker = ("*nat\n:DOCKER_OUTPUT - [0:0]\n-A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT\n"
+              "-A DOCKER_OUTPUT -d 127.0.0.11/32 -p udp --dport 53 -j DNAT --to-destination 127.0.0.11:5353\nCOMMIT\n")
+    sandbox.run(sandbox.app, [f"iptables-{backend}-restore", "--noflush"], input=docker, check=True)
+    sandbox.spawn(sandbox.app, sandbox.python(PEERS, "dns-server", "--port", "5353", "--answer", DOCKER_DNS))
+    sandbox.wait_for_port(sandbox.app, 5353, proto="udp")
+    with open(sandbox.resolv_conf, "w") as handle:
+        handle.write("nameserver 127.0.0.11\n")
+    assert scene.dns("127.0.0.11", uid=5678)["answer"] == DOCKER_DNS  # before: Docker's DNS answers
+    result = install(sandbox, engine, "--redirect-dns")
+    if engine.startswith("iptables"):
+        assert "-j DOCKER_OUTPUT" in sandbox.run(sandbox.app, [f"iptables-{backend}-save", "-t", "nat"]).stdout
+    assert scene.dns("127.0.0.11") == {"reply_from": "127.0.0.11:53", "answer": DNS_MARKER_V4}, result.stderr
+    assert scene.dns("127.0.0.11", uid=5678)["answer"] == DOCKER_DNS

@@ -89,13 +89,34 @@ def test_ipv4_only_leaves_ipv6_at_the_top_of_every_base_chain_and_names_no_ipv6_
 
 def test_dns_of_one_family_only_is_marked_with_that_family():
     t = table(redirect_dns=True, servers={4: ("198.18.0.53",), 6: ()})
-    out = chain(t, "output").rules
+    out = chain(t, "output_first").rules
     assert any(r.startswith("meta nfproto ipv4 udp dport 53 meta skuid 5678 return") for r in out)
     assert any(r.startswith("ip daddr @dns_servers_ipv4 udp dport 53 redirect to :15053") for r in out)
     zones = chain(t, "zone_output").rules
     assert zones[0].startswith("meta nfproto ipv4 udp dport 53 meta skuid 5678 ct zone set 1")
     assert {s.name for s in t.sets} == {"dns_servers_ipv4"}
     assert "zone_output" not in [c.name for c in table(redirect_dns=True).chains]  # no server, no DNS rules
+
+
+def test_dns_and_exclusions_come_before_iptables_nat_and_the_exclusions_hold_in_both_chains():
+    """kumactl inserts its DNS and exclusion rules at the top of nat OUTPUT: before Docker's DNAT
+    to 127.0.0.11. A return in one base chain does not end the next: both chains exclude."""
+    t = table(redirect_dns=True, fams=(4,), servers={4: ("127.0.0.11",)}, exclude_outbound_ips=v.network_list("198.19.0.0/16"))
+    first, late = chain(t, "output_first"), chain(t, "output")
+    assert first.priority < -100 < late.priority
+    assert [r for r in first.rules if "@exclude_outbound_ipv4" in r] and [r for r in late.rules if "@exclude_outbound_ipv4" in r]
+    assert not [r for r in late.rules if "redirect to :15053" in r]
+    assert [s.name for s in t.sets].count("exclude_outbound_ipv4") == 1
+    assert "output_first" not in [c.name for c in table().chains]  # no DNS, no log: nothing to insert
+
+
+def test_include_ports_redirect_only_those_in_both_directions():
+    t = table(include_inbound_ports=(8080,), include_outbound_ports=(9000, 9002))
+    assert chain(t, "inbound").rules[-1].startswith("tcp dport @include_inbound_ports jump inbound_redirect")
+    assert chain(t, "outbound").rules[-1].startswith("tcp dport @include_outbound_ports redirect to :15001")
+    assert not any(r.startswith("meta l4proto tcp redirect") for r in chain(t, "outbound").rules)
+    assert {s.name: s.elements for s in t.sets} == {"include_inbound_ports": ("8080",),
+                                                    "include_outbound_ports": ("9000", "9002")}
 
 
 def test_a_loopback_name_server_gets_the_docker_network_zone_rule():
