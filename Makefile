@@ -1,5 +1,5 @@
 # Every target runs the idempotent set-up first, so a fresh checkout needs nothing else.
-.PHONY: setup test test-unit lint demo bench matrix userlands chaos clean
+.PHONY: setup test test-unit lint demo bench matrix reboot userlands chaos clean
 
 setup:
 	bash scripts/setup.sh
@@ -22,9 +22,18 @@ demo: setup
 bench: setup
 	.venv/bin/python -m bench $(BENCH_ARGS)
 
-# Debian kernels 5.10, 6.1, 6.12 and sid's 7.x in throwaway QEMU guests: engine choice + traffic suite.
+# Debian kernels 5.10, 6.1, 6.12 and sid's 7.x in throwaway QEMU guests: engine choice + traffic suite;
+# then the reboot test below (REBOOT=0 skips it). Exit status: the matrix's, else the reboot test's.
 matrix: setup
-	.venv/bin/python -m vagrant.matrix $(MATRIX_ARGS)
+	@status=0; .venv/bin/python -m vagrant.matrix $(MATRIX_ARGS) || status=$$?; \
+	if [ "$(REBOOT)" != 0 ] && [ $$status -ne 130 ]; then \
+	  .venv/bin/python -m vagrant.reboot $(REBOOT_ARGS); rc=$$?; [ $$status -ne 0 ] || status=$$rc; \
+	fi; exit $$status
+
+# tpctl install --persist across two real reboots, iptables and eBPF, each in a QEMU guest that boots a
+# debootstrapped Debian root from its own disk with systemd as PID 1 (vagrant/reboot.py, reboot.yaml).
+reboot: setup
+	.venv/bin/python -m vagrant.reboot $(REBOOT_ARGS)
 
 # Debian 11, 12, 13 and sid userlands (debootstrap roots, cached in vagrant/.cache/userlands/), each
 # set up by scripts/setup.sh and running the whole suite chrooted on this kernel.
