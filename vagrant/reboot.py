@@ -325,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGINT, _stop_on_signal)
     started = time.monotonic()
-    meta: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": round(os.getloadavg()[0], 1),
-                  "other_guests": other_guests()}
+    # the commit before this run writes its results (untracked files would read as uncommitted changes)
+    meta: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": userlands.commit(),
+                  "load_start": round(os.getloadavg()[0], 1), "other_guests": other_guests()}
     try:
         preflight()
         spec = load()
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
     finally:
         held.close()
-    meta.update({"commit": userlands.commit(), "kernel": kernel.spec.name, "release": kernel.release,
+    meta.update({"kernel": kernel.spec.name, "release": kernel.release,
                  "suite": spec.suite, "accel": accel, "accel_reason": accel_reason, "qemu": matrix.qemu_version(),
                  "timeout_scale": args.timeout_scale, "jobs": jobs, "engines": [e.name for e in engines],
                  "seconds": round(time.monotonic() - started, 1), "load_end": round(os.getloadavg()[0], 1),

@@ -112,6 +112,8 @@ class BootRow:
     down_seconds: float | None = None
     tpctl_service_seconds: float | None = None  # boot 2: tpctl.service's ExecStart, from systemd
     install_seconds: float | None = None  # boot 1: install --persist by hand
+    systemd_at: float | None = None  # seconds after the kernel's start: systemd (PID 1) started
+    multi_user_at: float | None = None  # ... and multi-user.target was reached (tpctl.service included)
 
     @property
     def passed(self) -> int:
@@ -129,9 +131,11 @@ def boot_row(boot: int, record: dict | None, console: dict | None, timing: dict 
     phase = PHASES.get(boot, "unexpected boot")
     if record:
         checks = tuple(Check(c["name"], bool(c["ok"]), c.get("detail", "")) for c in record.get("checks", []))
+        times = record.get("boot_times") or {}
         return BootRow(boot, phase, "share", checks, record.get("engine") or "", record.get("error") or "",
                        tpctl_service_seconds=record.get("tpctl_service_seconds"),
-                       install_seconds=record.get("install_seconds"), **seconds)
+                       install_seconds=record.get("install_seconds"), systemd_at=times.get("systemd"),
+                       multi_user_at=times.get("multi_user"), **seconds)
     if console:
         checks = tuple(Check(str(name), bool(ok)) for name, ok in console.get("checks", []))
         return BootRow(boot, phase, "console", checks, console.get("engine") or "", console.get("error") or "",
@@ -181,8 +185,13 @@ def markdown(runs: list[EngineRun], meta: dict) -> str:
              f"all took {_s(meta.get('seconds'))} s. Host load (1-min average) {meta.get('load_start', '?')} at the "
              f"start, {meta.get('load_end', '?')} at the end; other QEMU guests on the host at the start: "
              f"{meta.get('other_guests', '?')}.", "",
-             "| engine | boot | what | checks ok | engine chosen | s: up / checks / down | tpctl at boot s | result |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Seconds per boot as the host saw the console: up (from the initramfs to the checks' start; boot 1 "
+             "from QEMU's start), checks, down (to the next initramfs, or QEMU's exit); in the guest's own clock: "
+             "systemd started and multi-user.target reached (tpctl.service included) after the kernel's start; "
+             "tpctl at boot: tpctl.service's ExecStart (boot 2), or install --persist by hand (boot 1).", "",
+             "| engine | boot | what | checks ok | engine chosen | s: up / checks / down | s: systemd / multi-user "
+             "| tpctl at boot s | result |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for row in run.boots:
             at_boot = _s(row.tpctl_service_seconds) if row.boot == 2 else (
@@ -192,7 +201,8 @@ def markdown(runs: list[EngineRun], meta: dict) -> str:
                 result += " (from the console line)"
             lines.append(f"| {run.name} | {row.boot} | {row.phase} | {row.passed} / {len(row.checks)} | "
                          f"{row.engine or '-'} | {_s(row.up_seconds)} / {_s(row.check_seconds)} / "
-                         f"{_s(row.down_seconds)} | {at_boot} | {result} |")
+                         f"{_s(row.down_seconds)} | {_s(row.systemd_at)} / {_s(row.multi_user_at)} | {at_boot} | "
+                         f"{result} |")
     lines += ["", "| engine | expected | guest s | QEMU ended | result |", "|---|---|---|---|---|"]
     for run in runs:
         lines.append(f"| {run.name} | {run.expected} | {_s(run.guest_seconds)} | {run.exit} | "

@@ -155,6 +155,8 @@ def test_what_the_guest_reads_from_tools():
     assert reboot_guest.tp_programs("Error: x")[0].startswith("unreadable")
     assert reboot_guest.unit_properties("LoadState=loaded\nResult=success\nExecMainStatus=0\n") == {
         "LoadState": "loaded", "Result": "success", "ExecMainStatus": "0"}
+    assert reboot_guest.microseconds_to_seconds("172229528") == 172.2
+    assert reboot_guest.microseconds_to_seconds("0") is None and reboot_guest.microseconds_to_seconds("") is None
     status = "tpctl: installed, engine ebpf\n  why:  x\n  persistent: yes (tpctl.service enabled)\n  drift: none"
     assert reboot_guest.persistent_line(status) == "persistent: yes (tpctl.service enabled)"
 
@@ -200,7 +202,8 @@ def test_events_and_timings_per_boot():
 # -- rows --------------------------------------------------------------------------------------
 def all_good(engine: str = "ebpf") -> dict[int, dict]:
     return {1: record(1, True, True, engine=engine),
-            2: dict(record(2, True, True, True, engine=engine), tpctl_service_seconds=12.5),
+            2: dict(record(2, True, True, True, engine=engine), tpctl_service_seconds=12.5,
+                    boot_times={"systemd": 7.2, "multi_user": 95.0}),
             3: record(3, True, True, engine=None)}
 
 
@@ -248,7 +251,8 @@ def test_markdown_and_json():
     bad = table.engine_run("ebpf", "ebpf", bad_records, [], 900.0, "powered off", [])
     meta = {"when": "2026-12-01 22:00 UTC", "commit": "abc1234", "kernel": "debian12-6.1", "image": {"summary": "s"}}
     text = table.markdown([good, bad], meta)
-    assert "| iptables | 2 | after reboot: tpctl.service, then uninstall | 3 / 3 | iptables | - / - / - | 12 | ok |" in text
+    assert ("| iptables | 2 | after reboot: tpctl.service, then uninstall | 3 / 3 | iptables | - / - / - | 7 / 95 | 12 "
+            "| ok |") in text
     assert "| ebpf | 2 | after reboot: tpctl.service, then uninstall | 1 / 2 | ebpf |" in text
     assert "| ebpf | ebpf | 900 | powered off | FAIL |" in text
     assert "- FAIL: check 1 (d1)" in text and "abc1234" in text
