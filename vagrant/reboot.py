@@ -292,6 +292,16 @@ def run_engine(engine: EngineSpec, image: reboot_image.Image, cpu: str, accel: s
     return run
 
 
+def commit() -> str:
+    """HEAD, and whether tracked files differ from it (what the guests' copy of the checkout holds
+    beyond the commit; untracked files, such as earlier results, are not counted)."""
+    git = ["git", "-c", f"safe.directory={REPO}", "-C", REPO]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=30)
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           timeout=60).stdout.strip()
+    return (head.stdout.strip() or "?") + (" + uncommitted changes" if dirty else "")
+
+
 def other_guests() -> int:
     """QEMU processes on the host that this run did not start (another matrix, say)."""
     ours = {p.pid for p in boot.RUNNING}
@@ -326,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop_on_signal)
     started = time.monotonic()
     # the commit before this run writes its results (untracked files would read as uncommitted changes)
-    meta: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": userlands.commit(),
+    meta: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
                   "load_start": round(os.getloadavg()[0], 1), "other_guests": other_guests()}
     try:
         preflight()
