@@ -112,7 +112,7 @@ def unit_text(config: Config, config_path: str = CONFIG, python: str = sys.execu
         MARK,
         "[Unit]",
         "Description=tpctl transparent proxy: this host's traffic through its sidecar",
-        "Documentation=https://github.com/kumahq/kuma (kumactl install transparent-proxy)",
+        "Documentation=https://kuma.io/docs/",  # one URL: systemd refuses anything after it
         # the tc interface and the instance address exist once the network is online; kuma-dp
         # (configured by the same file) starts after the redirect is in place
         "Wants=network-online.target",
@@ -122,6 +122,8 @@ def unit_text(config: Config, config_path: str = CONFIG, python: str = sys.execu
         "[Service]",
         "Type=oneshot",
         "RemainAfterExit=yes",
+        # a oneshot has no start limit by default: an install that hangs must not hold up the boot
+        "TimeoutStartSec=300",
         f"ExecStart={start}",
         f"ExecStop={stop}",
         "",

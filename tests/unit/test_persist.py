@@ -51,7 +51,7 @@ def test_the_unit_installs_at_boot_after_the_network_and_before_kuma_dp():
     text = persist.unit_text(cfg, python="/opt/tpctl/.venv/bin/python")
     lines = text.splitlines()
     assert lines[0] == persist.MARK
-    for line in ("Type=oneshot", "RemainAfterExit=yes", "Wants=network-online.target",
+    for line in ("Type=oneshot", "RemainAfterExit=yes", "TimeoutStartSec=300", "Documentation=https://kuma.io/docs/", "Wants=network-online.target",
                  "After=network-online.target local-fs.target", "Before=kuma-dp.service",
                  "WantedBy=multi-user.target",
                  "ExecStart=/opt/tpctl/.venv/bin/python -m engine.cli install --config /etc/tpctl/config.yaml "
