@@ -126,7 +126,10 @@ class NftablesEngine(RedirectEngine):
         def do() -> str | None:
             before = nft.listing()  # what undo puts back: the replaced install's table, or none
             _retrying(lambda: nft.apply(plan.render()), config.max_retries, config.sleep_between_retries)
-            record["listing"] = nft.listing()  # what status compares with
+            try:  # what status compares with; the table is in: a failed read must not strand it without undo
+                record["listing"] = nft.listing()
+            except nft.NftError:
+                record["listing"] = None
             return before
 
         tx.step(f"nftables: replace table {TABLE} in one transaction", do, nft.restore)
