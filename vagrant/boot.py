@@ -93,7 +93,7 @@ def run(guest: Guest, timeout: float, console_name: str = "console.log") -> Boot
             code: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             code = None
-            _kill(proc)
+            stop_session(proc)
             killed = f"\nmatrix: guest still running after {timeout:.0f} s: killed its process group {proc.pid}\n"
         else:
             killed = ""
@@ -115,10 +115,10 @@ def copy_stream(source, into) -> None:
 def kill_running() -> None:
     """On Ctrl-C or an error: end every guest this process started (their own sessions outlive us)."""
     for proc in list(RUNNING):
-        _kill(proc)
+        stop_session(proc)
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def stop_session(proc: subprocess.Popen) -> None:
     # our own session: virtme-run and its QEMU child are the whole process group
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:

@@ -165,7 +165,7 @@ def qemu_version() -> str:
     return out.splitlines()[0].split("version")[-1].strip() if out else "?"
 
 
-def _stop_on_signal(signum, _frame) -> None:
+def stop_on_signal(signum, _frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM (CI's timeout, kill PID) and SIGINT even from a background job (where the shell
     # ignores it) end the matrix the way Ctrl-C does: every guest it booted goes with it.
-    signal.signal(signal.SIGTERM, _stop_on_signal)
-    signal.signal(signal.SIGINT, _stop_on_signal)
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)
     try:
         preflight()
         matrix = kernels.load()

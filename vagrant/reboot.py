@@ -208,14 +208,14 @@ def run_qemu(name: str, argv: list[str], console: str, timeout: float) -> Booted
                     if panic.is_set() and panicked_at is None:
                         panicked_at = now
                     if panicked_at is not None and now - panicked_at > PANIC_GRACE:
-                        _stop(proc)
+                        boot.stop_session(proc)
                         ended = "kernel panic"
                     elif now - started > timeout:
-                        _stop(proc)
+                        boot.stop_session(proc)
                         ended = f"killed after {timeout:.0f} s"
         finally:
             if proc.poll() is None:
-                _stop(proc)
+                boot.stop_session(proc)
             boot.RUNNING.discard(proc)
         copier.join(timeout=30)  # EOF once QEMU is gone: every line is in `lines` then
         proc.stdout.close()
@@ -225,20 +225,6 @@ def run_qemu(name: str, argv: list[str], console: str, timeout: float) -> Booted
         if ended != "powered off":
             log.write(f"\nreboot: QEMU ended: {ended}\n".encode())
     return Booted(ended, round(time.monotonic() - started, 1), lines)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """QEMU's own session, by its id: nothing else is in it."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def read_records(share: str) -> tuple[dict[int, dict], list[str]]:
@@ -326,14 +312,10 @@ def lock():
     return handle
 
 
-def _stop_on_signal(signum, _frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop_on_signal)
-    signal.signal(signal.SIGINT, _stop_on_signal)
+    signal.signal(signal.SIGTERM, matrix.stop_on_signal)
+    signal.signal(signal.SIGINT, matrix.stop_on_signal)
     started = time.monotonic()
     # the commit before this run writes its results (untracked files would read as uncommitted changes)
     meta: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
