@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Callable
 
-from engine import journal, netlink, passthrough, persist, registry, ssh_guard, state
+from engine import journal, passthrough, persist, registry, ssh_guard, state
 from engine.choice import choose
 from engine.config import Config
 from engine.contract import Check, Choice, RedirectEngine, Transaction, transaction
@@ -41,7 +41,7 @@ def decide(config: Config, memo: Memo = NONE) -> tuple[HostFacts, Choice]:
 def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
     """`say` is for progress and notes (stderr), `show` for the dry-run plan (stdout)."""
     # before anything is probed or written: a refused install changes nothing (not even checks.json)
-    ssh_guard.check(config, [address for _index, address in netlink.addresses()], say)
+    ssh_guard.check(config, say)
     facts, choice = decide(config, Memo(state_dir, writable=not config.dry_run))
     for reason in choice.reasons:
         say(f"# {reason}")

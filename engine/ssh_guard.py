@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from engine import netlink
 from engine.config import Config
 from engine.errors import ConfigError
 
@@ -127,11 +128,14 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-def check(config: Config, local_addresses: Iterable[str], say, environ: Mapping[str, str] = os.environ) -> None:
-    """Refuse (ConfigError, exit 2) or, under --dry-run or --allow-ssh-redirect, warn."""
+def check(config: Config, say, environ: Mapping[str, str] = os.environ) -> None:
+    """Refuse (ConfigError, exit 2) or, under --dry-run or --allow-ssh-redirect, warn. Reads
+    this namespace's addresses only for an SSH session, and nothing when inbound is off."""
     if not config.redirect_inbound:
         return
-    found = exposed(config, session_from(environ), local_addresses, sshd_listeners())
+    session = session_from(environ)
+    local = [address for _index, address in netlink.addresses()] if session else []
+    found = exposed(config, session, local, sshd_listeners())
     if not found:
         return
     if config.allow_ssh_redirect:

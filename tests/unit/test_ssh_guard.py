@@ -40,11 +40,11 @@ def test_check_refuses_warns_under_dry_run_and_installs_when_allowed(monkeypatch
     monkeypatch.setattr(ssh_guard, "sshd_listeners", lambda: {2222: "sshd (pid 7) listens on it"})
     said: list[str] = []
     try:
-        ssh_guard.check(config(), HERE, said.append, environ={})
+        ssh_guard.check(config(), said.append, environ={})
     except Exception as err:  # ConfigError: exit 2
         assert getattr(err, "exit_code", None) == 2 and "port 2222" in str(err)
     else:
         raise AssertionError("install was not refused")
-    ssh_guard.check(config(dry_run=True), HERE, said.append, environ={})
-    ssh_guard.check(config(allow_ssh_redirect=True), HERE, said.append, environ={})
+    ssh_guard.check(config(dry_run=True), said.append, environ={})
+    ssh_guard.check(config(allow_ssh_redirect=True), said.append, environ={})
     assert said[0].startswith("# [WARNING] install would redirect") and "installing anyway" in said[1]
