@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, TypeVar
 
 from engine import netlink
 from engine.config import Config, defaults
@@ -27,10 +28,11 @@ from engine.probe import HostFacts, kernel_version, mounts, mounts_of_type
 from engine.transaction import InjectedFault, Step, Transaction, transaction
 
 Say = Callable[[str], None]
+T = TypeVar("T")
 
 __all__ = ["Check", "Choice", "Config", "EnginePlan", "HostFacts", "InjectedFault", "Memo", "NONE", "RedirectEngine",
            "Say", "Step", "Transaction", "default_of", "dns_servers", "families", "kernel_version", "mounts",
-           "mounts_of_type", "netlink", "transaction"]
+           "mounts_of_type", "netlink", "retrying", "transaction"]
 
 
 def default_of(field_name: str):
@@ -45,6 +47,20 @@ def families(config: Config, facts: HostFacts) -> tuple[tuple[int, ...], str]:
     if facts.has_ipv6:
         return (4, 6), "dualstack: the host has IPv6 addresses"
     return (4,), "dualstack, but the host has no non-loopback IPv6 address: IPv6 skipped"
+
+
+def retrying(action: Callable[[], T], retries: int, pause: float,
+             errors: tuple[type[BaseException], ...]) -> T:
+    """`action`, tried again up to `retries` times `pause` seconds apart while it raises one of
+    `errors` (--max-retries, --sleep-between-retries: kumactl's retry of a failed apply)."""
+    for attempt in range(retries + 1):
+        try:
+            return action()
+        except errors:
+            if attempt == retries:
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def dns_servers(config: Config, facts: HostFacts, family: int) -> tuple[tuple[str, ...], list[str]]:

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 
-from engine.contract import Choice, Config, EnginePlan, dns_servers
+from engine.contract import Choice, Config, EnginePlan, dns_servers, retrying
 from engine.iptables import live, nft_scaffold
 from engine.iptables.backends import Backend, BackendError, make_backend
 from engine.iptables.builder import FamilyInputs, build_family
@@ -82,16 +81,6 @@ def new_record(the_plan: IptablesPlan, nft_created: dict, firewalld: bool) -> di
     nft_created: family -> the nf_tables tables and base chains our applies created (nft_scaffold)."""
     return {"backend": the_plan.backend, "applier": the_plan.applier, "rules": {}, "chains": {},
             "nft_created": nft_created, "firewalld": firewalld}
-
-
-def _retrying(action, retries: int, pause: float):
-    for attempt in range(retries + 1):
-        try:
-            return action()
-        except BackendError:
-            if attempt == retries:
-                raise
-            time.sleep(pause)
 
 
 def install_steps(tx: Transaction, config: Config, the_plan: IptablesPlan, record: dict,
@@ -187,8 +176,8 @@ def _apply_step(tx: Transaction, config: Config, backend: Backend, family: int, 
         if expected is not None:
             record["nft_created"][fam] = nft_scaffold.merge(prior_scaffold, expected)
         tx.intend()
-        before["going"] = _retrying(lambda: backend.swap_tables(family, tables, going, replaced),
-                                    config.max_retries, config.sleep_between_retries)
+        before["going"] = retrying(lambda: backend.swap_tables(family, tables, going, replaced),
+                                   config.max_retries, config.sleep_between_retries, (BackendError,))
         # Record what the kernel now reports, not what we rendered: status compares like with like.
         after_text = backend.save(family)
         added = _all_lines(live.parse_save(after_text), names) - (before["lines"] - before["going"].lines())

@@ -6,7 +6,6 @@ of it with the one taken right after the install.
 from __future__ import annotations
 
 import difflib
-import time
 from dataclasses import dataclass
 
 from engine.contract import (
@@ -23,6 +22,7 @@ from engine.contract import (
     default_of,
     dns_servers,
     families,
+    retrying,
 )
 
 from . import nft
@@ -125,7 +125,8 @@ class NftablesEngine(RedirectEngine):
 
         def do() -> str | None:
             before = nft.listing()  # what undo puts back: the replaced install's table, or none
-            _retrying(lambda: nft.apply(plan.render()), config.max_retries, config.sleep_between_retries)
+            retrying(lambda: nft.apply(plan.render()), config.max_retries, config.sleep_between_retries,
+                     (nft.NftError,))
             try:  # what status compares with; the table is in: a failed read must not strand it without undo
                 record["listing"] = nft.listing()
             except nft.NftError:
@@ -179,13 +180,3 @@ def _take_table() -> str | None:
     saved = nft.listing()
     nft.delete()
     return saved
-
-
-def _retrying(action, retries: int, pause: float) -> None:
-    for attempt in range(retries + 1):
-        try:
-            return action()
-        except nft.NftError:
-            if attempt == retries:
-                raise
-            time.sleep(pause)
