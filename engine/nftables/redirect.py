@@ -112,7 +112,7 @@ class NftablesEngine(RedirectEngine):
     def remove_previous(self, tx: Transaction, config: Config, record: dict | None) -> None:
         """Another engine redirects now: our table goes, in one transaction, undone by loading
         the listing taken just before."""
-        if record is None and nft.listing() is None:
+        if record is None and not nft.exists():
             return
         tx.step(f"remove the previous install's nftables table {TABLE}", _take_table, nft.restore)
 
@@ -144,7 +144,7 @@ class NftablesEngine(RedirectEngine):
                 f"{' + '.join(f'IPv{f}' for f in table.families)})")
 
     def uninstall(self, record: dict | None, options: dict, dry_run: bool, say: Say) -> list[str]:
-        present = nft.listing() is not None
+        present = nft.exists()
         if present and not dry_run:
             nft.delete()
         return [f"nftables table {TABLE}"] if present else []
@@ -159,7 +159,7 @@ class NftablesEngine(RedirectEngine):
         return summary, lines, drift(record.get("listing"), now)
 
     def leftovers(self, options: dict) -> list[str]:
-        return [f"nftables table {TABLE}"] if nft.listing() is not None else []
+        return [f"nftables table {TABLE}"] if nft.exists() else []
 
 
 def drift(recorded: str | None, now: str | None) -> list[str]:
