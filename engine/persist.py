@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from engine import state
 from engine.config import Config, defaults
 from engine.options import INSTALL_OPTIONS
 from engine.timeouts import bound
@@ -143,13 +144,8 @@ def _read(path: str) -> str | None:
 
 
 def _write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    part = path + ".tpctl-part"
-    with open(part, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(part, path)
+    # readable by kuma-dp, which reads the same file and need not run as root
+    state.write_atomically(path, text, mode=0o644, directory_mode=0o755)
 
 
 def _daemon_reload(paths: Paths) -> None:

@@ -107,17 +107,24 @@ def install_record(engine: str, digest: str, choice: dict, config: dict, **engin
 
 
 def write_json(directory: str, name: str, record: dict) -> None:
-    """Atomically: a temp file, fsync'd, renamed over name, and the directory fsync'd."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # one json.dumps without indent: the C encoder (json.dump and indent take the Python one,
+    # 10x slower for an install with 20,000 exclusions, written at every step); status --json
+    # is the readable view
+    write_atomically(os.path.join(directory, name), json.dumps({**record, "version": VERSION}, sort_keys=True) + "\n")
+
+
+def write_atomically(path: str, text: str, mode: int = 0o600, directory_mode: int = 0o700) -> None:
+    """A temp file beside `path`, fsync'd, renamed over it, and the directory fsync'd: after a
+    crash the file is the old one or the new one, never half of either."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=directory_mode, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        # one json.dumps without indent: the C encoder (json.dump and indent take the Python one,
-        # 10x slower for an install with 20,000 exclusions, written at every step); status --json
-        # is the readable view
-        handle.write(json.dumps({**record, "version": VERSION}, sort_keys=True) + "\n")
+        handle.write(text)
         handle.flush()
+        os.fchmod(handle.fileno(), mode)
         os.fsync(handle.fileno())
-    os.replace(tmp, os.path.join(directory, name))
+    os.replace(tmp, path)
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)

@@ -67,6 +67,7 @@ def test_write_enable_restore_and_remove_touch_only_marked_files(tmp_path, monke
     before = persist.write(config(), paths)
     assert before == {"config": None, "unit": None, "wants": None}
     assert os.readlink(paths.wants) == "../tpctl.service" and persist.written(config(), paths)
+    assert os.stat(paths.config).st_mode & 0o777 == 0o644  # kuma-dp reads it, and need not be root
     assert persist.status(paths)["persistent"] and not persist.written(config(exclude_outbound_ports=(1,)), paths)
     persist.restore(paths, before)
     assert not any(os.path.lexists(p) for p in (paths.config, paths.unit, paths.wants))
