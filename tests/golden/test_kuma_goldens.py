@@ -1,4 +1,4 @@
-"""Our rendered rules equal kumactl's real outputs (../shared/peer/kuma/*.golden).
+"""Our rendered rules equal kumactl's real outputs (tests/golden/kumactl/, copied from ../shared/peer/kuma).
 
 Kuma's names are renamed to ours first (KUMA_MESH_ -> TPCTL_, kuma/mesh/transparent/proxy/ ->
 tpctl/); the one intended difference in the text (no apostrophe in comments, see builder.py and
@@ -17,7 +17,7 @@ from engine.iptables.builder import FamilyInputs, build_family
 from tests.support.kumactl import load_golden, rule_set, semantic_rules
 
 HERE = Path(__file__).parent
-PEER = Path(os.environ.get("TPCTL_PEER_DIR", HERE.parents[2] / "shared" / "peer" / "kuma"))
+PEER = Path(os.environ.get("TPCTL_PEER_DIR", HERE / "kumactl"))  # copies of ../shared/peer/kuma
 KUMA_DP = {"kuma_dp_user": config_module.v.ProxyUser(5678, "kuma-dp")}
 
 MULTIPLE_FLAGS = dict(
