@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from engine.iptables import live
+from engine.iptables import iptc_loader, live
 from engine.iptables.rules import COMMENT_PREFIX, FamilyPlan, Rule, TablePlan, table_to_json
 from engine.iptables.selection import LEGACY_RESTORE
 from engine.timeouts import bound
@@ -147,7 +147,7 @@ def owned_from_json(data: dict) -> live.Owned:
 def commit_table(family: int, plan: TablePlan, going: live.Owned) -> None:
     """Swap our objects `going` in one table for `plan`'s in a single python-iptables commit.
     The caller holds the xtables lock and found `going` under it (positions are exact)."""
-    import iptc  # python-iptables: imported here so the nft path works without it
+    iptc = iptc_loader.load()  # python-iptables: imported here so the nft path works without it
 
     table = (iptc.Table if family == 4 else iptc.Table6)(plan.name)
     table.autocommit = False
@@ -183,7 +183,7 @@ def commit_table(family: int, plan: TablePlan, going: live.Owned) -> None:
 
 
 def to_iptc(rule: Rule, family: int):
-    import iptc
+    iptc = iptc_loader.load()
 
     entry = iptc.Rule() if family == 4 else iptc.Rule6()
     if rule.source:

@@ -53,9 +53,10 @@ def _shapes(family: int) -> list:
 
 def worker(family: int) -> int:
     try:
-        import iptc  # noqa: F401
-
+        from engine.iptables import iptc_loader
         from engine.iptables.backends import to_iptc
+
+        iptc_loader.load()
     except ImportError as err:
         print(f"python-iptables is not importable: {err}", file=sys.stderr)
         return 1
