@@ -238,21 +238,6 @@ def _copy_git(repo: str, dest: str) -> None:
         shutil.copytree(source, target, symlinks=True)
 
 
-def copy_peer(repo: str, root: str) -> bool:
-    """kumactl's real outputs, which the golden tests read from ../shared/peer beside the checkout
-    (or TPCTL_PEER_DIR): the same files beside /srv/tpctl. False when the host has none."""
-    source = os.path.join(os.path.dirname(os.path.abspath(repo)), "shared", "peer")
-    target = os.path.join(root, os.path.dirname(CHECKOUT).lstrip("/"), "shared", "peer")
-    if os.path.isdir(target):
-        shutil.rmtree(target)
-    if not os.path.isdir(source):
-        return False
-    shutil.copytree(source, target)
-    for folder in (os.path.dirname(target), *(os.path.join(f, d) for f, ds, _ in os.walk(target) for d in ds), target):
-        os.chmod(folder, 0o755)
-    return True
-
-
 def _prune(dest: str, wanted: set[str]) -> None:
     for folder, dirs, files in os.walk(dest, topdown=True):
         rel = os.path.relpath(folder, dest)

@@ -186,7 +186,7 @@ class Userland:
         """Seconds left of this userland's --timeout (at least a minute: a step always gets a try)."""
         return max(60.0, self.args.timeout - self.used - (time.monotonic() - self.phase))
 
-    def prepare(self) -> "Userland":
+    def prepare(self) -> Userland:
         self.phase = time.monotonic()
         shutil.rmtree(self.logs, ignore_errors=True)
         os.makedirs(self.logs)
@@ -214,8 +214,6 @@ class Userland:
         rootfs.remove_tree(os.path.join(self.root, OUT.lstrip("/")))  # no record of an earlier run is kept
         rootfs.furnish(self.root)
         files = rootfs.copy_checkout(REPO, self.root)
-        if not rootfs.copy_peer(REPO, self.root):
-            self.setup["problems"].append(f"no {os.path.dirname(REPO)}/shared/peer: the golden tests will fail")
         self.say(f"{'fresh root' if fresh else 'cached root'} (set-up key {key}), {files} checkout files; "
                  f"running scripts/setup.sh")
         env = chroot.root_env(self.root, dict(os.environ))
