@@ -1,6 +1,6 @@
 """`make matrix`: boot each Debian kernel of kernels.yaml in a throwaway VM and prove the engine.
 
-    python -m vagrant.matrix [--ci] [--kernels a,b] [--accel auto|kvm|tcg] [--tests ...]
+    python -m vagrant.matrix [--ci] [--kernels a,b] [--accel auto|kvm|tcg] [--tests ...] [--fetch-only]
 
 Per kernel: fetch its packages (cached in vagrant/.cache), boot it with the host's root shared
 read-only, and in the guest (vagrant/guest.py) record what `install --ebpf-enabled` chooses,
@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="auto: KVM when a probe guest boots with it, else TCG")
     parser.add_argument("--tests", nargs="+", help="pytest arguments for each guest (default: kernels.yaml)")
     parser.add_argument("--no-fallbacks", action="store_true", help="skip the fallback rows")
+    parser.add_argument("--fetch-only", action="store_true",
+                        help="fetch and unpack the chosen kernels into the cache, boot nothing (.ci/run does it "
+                             "beside the test suite: the downloads wait on the network)")
     parser.add_argument("--guest-timeout", type=int, default=10800,
                         help="seconds per guest, boot included (the full suite took 72 min per guest for 6.1 and about "
                              "2 h for 5.10, three guests at once under TCG)")
@@ -183,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     except MatrixError as err:
         print(f"matrix: {err}", file=sys.stderr)
         return 2
+    if args.fetch_only:
+        for kernel in fetched:
+            print(f"matrix: {kernel.spec.name}: {kernel.release} in the cache", flush=True)
+        return 0
     tests = args.tests or (matrix.ci_tests if args.ci else matrix.tests)
     by_name = {k.spec.name: k for k in fetched}
     fallbacks = [] if args.no_fallbacks else [f for f in matrix.fallbacks if f.on in by_name]
