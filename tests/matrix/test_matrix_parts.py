@@ -454,3 +454,23 @@ def test_the_matrix_refuses_a_checkout_the_guests_cannot_see(monkeypatch):
     monkeypatch.setattr(matrix, "REPO", "/tmp/tpctl-clone")
     with pytest.raises(kernels.MatrixError, match=r"under /tmp, which every guest mounts afresh.*outside /run, .*/tmp"):
         matrix.preflight()
+
+
+def test_fetch_only_fetches_the_ci_kernels_and_boots_nothing(monkeypatch, capsys):
+    fetched = []
+
+    def fake_fetch(spec):
+        fetched.append(spec.name)
+        return kernels.Kernel(spec, f"{spec.series}.0-1-amd64", "/nonexistent", ())
+
+    def no_boot(*_args, **_kwargs):
+        raise AssertionError("--fetch-only booted a guest")
+
+    monkeypatch.setattr(matrix, "preflight", lambda: None)
+    monkeypatch.setattr(kernels, "fetch", fake_fetch)
+    monkeypatch.setattr(matrix, "run_guest", no_boot)
+    monkeypatch.setattr(boot, "kvm_usable", no_boot)
+    assert matrix.main(["--ci", "--fetch-only"]) == 0
+    assert fetched == [k.name for k in kernels.load().kernels if k.ci] and fetched
+    out = capsys.readouterr().out
+    assert all(f"matrix: {name}: " in out for name in fetched)
