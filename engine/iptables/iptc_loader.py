@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import importlib.util
 import os
 from types import ModuleType
 
 
+@functools.lru_cache(maxsize=1)
 def load() -> ModuleType:
-    """`import iptc`, with its library directories named first (see the module's doc)."""
+    """`import iptc`, with its library directories named first (see the module's doc). Once per
+    process: callers call it per rule, and the search below runs ldconfig."""
     os.environ.update(library_dirs(os.environ))
     import iptc
 
@@ -43,7 +46,8 @@ def library_dirs(environ) -> dict[str, str]:
 def xtables_extension_dir() -> str | None:
     """The xtables/ directory beside the libxtables this process loads (the one python-iptables
     will use), or None to leave the search to python-iptables."""
-    name = ctypes.util.find_library("xtables")  # ldconfig's cache: no compiler involved
+    # found in ldconfig's cache wherever iptables is installed, so no compiler runs
+    name = ctypes.util.find_library("xtables")
     if not name:
         return None
     try:
