@@ -23,9 +23,10 @@ done
 # gcc, libc6-dev: the C-layout tests compile against the BPF structs, and pip builds
 # python-iptables' C part where PyPI has no wheel for this Python (3.14 on sid); python3-dev its
 # headers; bench/: wrk nginx-light iperf3 python3-matplotlib, and git (its results name the commit);
-# openssh-client: ssh-keygen makes the host key of the SSH guard tests' sshd (below)
+# openssh-client: ssh-keygen makes the host key of the SSH guard tests' sshd (below);
+# python3-scapy: the hostile-input tests craft fragments and IPv6 extension headers (tests/hostile/)
 PACKAGES=(iptables nftables iproute2 util-linux python3-venv python3-bpfcc bpftool linux-headers-amd64 haproxy
-          gcc libc6-dev python3-dev wrk nginx-light iperf3 python3-matplotlib git openssh-client)
+          gcc libc6-dev python3-dev wrk nginx-light iperf3 python3-matplotlib git openssh-client python3-scapy)
 # vagrant/: qemu-system-x86, busybox-static (virtme's initramfs) and kmod (depmod of the fetched
 # kernels, modprobe in guests) for the kernel matrix; vagrant (`vagrant validate` of the boxes);
 # debootstrap for the userland matrix's roots
