@@ -9,7 +9,7 @@ import click
 from click.core import ParameterSource
 
 from engine import config as config_module
-from engine import lifecycle, persist, registry, state
+from engine import lifecycle, persist, registry, state, values
 from engine.errors import ConfigError, DriftFound, Interrupted, Terminated, TpctlError
 from engine.options import INSTALL_OPTIONS, OptionSpec
 
@@ -28,6 +28,20 @@ class Parsed(click.ParamType):
             return self.spec.parse(value)
         except ValueError as err:
             self.fail(str(err), param, ctx)
+
+
+def checked_path(flag: str, path: str | None, absolute: bool = False) -> str | None:
+    """A path flag typed at the edge (engine/values.py's grammar); "-" is stdin for --config."""
+    if path is None or path == "-":
+        return path
+    try:
+        return values.absolute_path(path) if absolute else values.path(path)
+    except ValueError as err:
+        raise ConfigError(f"{flag}: {err}") from None
+
+
+def _absolute_path(_ctx, param, path: str | None) -> str | None:
+    return checked_path(f"--{param.name.replace('_', '-')}", path, absolute=True)
 
 
 def _say(message: str) -> None:
@@ -54,6 +68,7 @@ def install_options(func):
 
 state_dir_option = click.option(
     "--state-dir", default=None, envvar=state.STATE_ENV,
+    callback=_absolute_path,
     help=f"where the state file lives [default: {state.DEFAULT_DIR}]")
 
 
@@ -85,7 +100,7 @@ def install(ctx, config_files, state_dir, **params):
     """Redirect traffic through the sidecar (mirrors `kumactl install transparent-proxy`)."""
     from engine import apply, transaction
 
-    files = [p.strip() for item in config_files for p in item.split(",") if p.strip()]
+    files = [checked_path("--config", p.strip()) for item in config_files for p in item.split(",") if p.strip()]
     config = config_module.build(explicit_values(ctx, params), files)  # bad input first: exit 2 naming it
     _need_root("install")
     try:
@@ -99,8 +114,8 @@ def install(ctx, config_files, state_dir, **params):
 @main.command()
 @click.option("--dry-run", is_flag=True, help="print what would be removed and change nothing")
 @click.option("--verbose", is_flag=True, help="print every object removed")
-@click.option("--ebpf-bpffs-path", default=None, help="bpffs mount that holds <path>/tpctl pins "
-              "[default: the one recorded at install]")
+@click.option("--ebpf-bpffs-path", default=None, callback=_absolute_path,
+              help="bpffs mount that holds <path>/tpctl pins [default: the one recorded at install]")
 @click.option("--keep-persistence", is_flag=True,
               help="keep what install --persist wrote (tpctl.service's own stop: the next boot installs again)")
 @state_dir_option
@@ -120,7 +135,7 @@ def uninstall(dry_run, verbose, ebpf_bpffs_path, keep_persistence, state_dir):
 @click.option("--json", "as_json", is_flag=True, help="print the full record as JSON")
 @click.option("--dataplane", is_flag=True,
               help="print the Dataplane networking.transparentProxying block (YAML) that matches the install")
-@click.option("--ebpf-bpffs-path", default=None, hidden=True)
+@click.option("--ebpf-bpffs-path", default=None, hidden=True, callback=_absolute_path)
 @state_dir_option
 def status(as_json, dataplane, ebpf_bpffs_path, state_dir):
     """Say what is installed and whether it drifted (exit code 5 when it did)."""

@@ -11,6 +11,12 @@ from typing import Any, Callable
 
 from engine import values as v
 
+MAX_WAIT_S = 600  # the xtables lock wait; kumactl's default is 5
+MAX_WAIT_INTERVAL_US = 1_000_000  # one attempt per second at the slowest
+MAX_RETRIES = 20
+MAX_SLEEP_S = 60  # so MAX_RETRIES pauses stay within 20 minutes
+LISTS = f"comma list, repeatable, at most {v.LIST_CAP:,} entries in all"
+
 
 @dataclass(frozen=True)
 class OptionSpec:
@@ -34,8 +40,8 @@ class OptionSpec:
 
 INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("kuma-dp-user", v.proxy_user, None,
-               "user name or uid of the sidecar proxy; its traffic is never redirected "
-               "(default: user kuma-dp if it exists, else uid 5678)", yaml="kumaDPUser"),
+               "user name (1-32 of A-Z a-z 0-9 _ . -) or uid of the sidecar proxy; its traffic is never "
+               "redirected (default: user kuma-dp if it exists, else uid 5678)", yaml="kumaDPUser"),
     OptionSpec("redirect-inbound", v.boolean, True, "redirect inbound TCP to the inbound port",
                yaml="redirect.inbound.enabled", switch=True),
     OptionSpec("redirect-inbound-port", v.port, 15006, "port the proxy accepts inbound traffic on",
@@ -44,24 +50,25 @@ INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
                yaml="redirect.outbound.enabled", switch=True, hidden=True),
     OptionSpec("redirect-outbound-port", v.port, 15001, "port the proxy accepts outbound traffic on",
                yaml="redirect.outbound.port"),
-    OptionSpec("exclude-inbound-ports", v.port_list, (), "inbound ports not redirected (comma list, repeatable)",
+    OptionSpec("exclude-inbound-ports", v.port_list, (), f"inbound ports not redirected ({LISTS})",
                yaml="redirect.inbound.excludePorts", multiple=True),
-    OptionSpec("exclude-outbound-ports", v.port_list, (), "outbound ports not redirected (comma list, repeatable)",
+    OptionSpec("exclude-outbound-ports", v.port_list, (), f"outbound ports not redirected ({LISTS})",
                yaml="redirect.outbound.excludePorts", multiple=True),
     OptionSpec("include-inbound-ports", v.port_list, (),
-               "redirect only these inbound ports (comma list, repeatable; kumactl takes it from a config file "
+               f"redirect only these inbound ports ({LISTS}; kumactl takes it from a config file "
                "only); conflicts with --exclude-inbound-ports", yaml="redirect.inbound.includePorts", multiple=True),
     OptionSpec("include-outbound-ports", v.port_list, (),
-               "redirect only these outbound ports (comma list, repeatable; kumactl takes it from a config file "
+               f"redirect only these outbound ports ({LISTS}; kumactl takes it from a config file "
                "only); conflicts with --exclude-outbound-ports", yaml="redirect.outbound.includePorts", multiple=True),
     OptionSpec("exclude-inbound-ips", v.network_list, (),
-               "source IPs/CIDRs whose inbound traffic is not redirected (comma list, repeatable)",
+               f"source IPs/CIDRs whose inbound traffic is not redirected (no zone ids; {LISTS})",
                yaml="redirect.inbound.excludePortsForIPs", multiple=True),
     OptionSpec("exclude-outbound-ips", v.network_list, (),
-               "destination IPs/CIDRs not redirected (comma list, repeatable)",
+               f"destination IPs/CIDRs not redirected (no zone ids; {LISTS})",
                yaml="redirect.outbound.excludePortsForIPs", multiple=True),
     OptionSpec("exclude-outbound-ports-for-uids", v.ports_for_uids_list, (),
-               "[protocol:][ports:]uids not redirected, e.g. 53,3000-5000:106-108 or udp:53:1000 (repeatable)",
+               "[protocol:][ports:]uids not redirected, e.g. 53,3000-5000:106-108 or udp:53:1000 (repeatable, "
+               f"';' between entries, at most {v.LIST_CAP:,} entries in all)",
                yaml="redirect.outbound.excludePortsForUIDs", multiple=True),
     OptionSpec("redirect-dns", v.boolean, False,
                "redirect DNS (UDP 53) to the resolv.conf name servers to the DNS port",
@@ -77,20 +84,21 @@ INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
                "dualstack: IPv4 and, where the host has a non-loopback IPv6 address, IPv6; ipv4: IPv4 only",
                yaml="ipFamilyMode"),
     OptionSpec("vnet", v.vnet_list, (), "iface:cidr of a virtual network whose traffic goes to the "
-               "outbound port (repeatable)", yaml="redirect.vnet.networks", multiple=True),
+               f"outbound port (iface: {v.IFNAME_HELP}, a trailing + for every name starting so; {LISTS})",
+               yaml="redirect.vnet.networks", multiple=True),
     OptionSpec("dry-run", v.boolean, False, "print the plan and change nothing", yaml="dryRun", switch=True),
     OptionSpec("verbose", v.boolean, False, "print every step", yaml="verbose", switch=True),
     OptionSpec("store-firewalld", v.boolean, False,
                "also write the rules to firewalld's direct rules file so they survive reboots",
                yaml="storeFirewalld", switch=True),
-    OptionSpec("wait", lambda x: v.unsigned(x, 3600), 5, "seconds to wait for the xtables lock",
-               yaml="wait"),
-    OptionSpec("wait-interval", lambda x: v.unsigned(x, 10**7), 0,
-               "microseconds between xtables lock attempts", yaml="waitInterval"),
-    OptionSpec("max-retries", lambda x: v.unsigned(x, 100), 4, "retries of a failed apply",
+    OptionSpec("wait", lambda x: v.unsigned(x, MAX_WAIT_S), 5,
+               f"seconds to wait for the xtables lock (0-{MAX_WAIT_S})", yaml="wait"),
+    OptionSpec("wait-interval", lambda x: v.unsigned(x, MAX_WAIT_INTERVAL_US), 0,
+               f"microseconds between xtables lock attempts (0-{MAX_WAIT_INTERVAL_US:,})", yaml="waitInterval"),
+    OptionSpec("max-retries", lambda x: v.unsigned(x, MAX_RETRIES), 4, f"retries of a failed apply (0-{MAX_RETRIES})",
                yaml="retry.maxRetries"),
-    OptionSpec("sleep-between-retries", v.duration_seconds, 2.0, "pause between retries (e.g. 2s)",
-               yaml="retry.sleepBetweenRetries"),
+    OptionSpec("sleep-between-retries", lambda x: v.duration_seconds(x, MAX_SLEEP_S), 2.0,
+               f"pause between retries (e.g. 2s, 500ms; at most {MAX_SLEEP_S}s)", yaml="retry.sleepBetweenRetries"),
     OptionSpec("iptables-logs", v.boolean, False, "add LOG rules before the redirect rules",
                yaml="log.enabled", switch=True),
     OptionSpec("disable-comments", v.boolean, False, "do not tag rules with comments",
@@ -105,7 +113,8 @@ INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
                yaml="redirect.outbound.insertRedirectInsteadOfAppend", switch=True),
     OptionSpec("iptables-executables", v.executables, "",
                "custom executables: iptables:/path,iptables-save:/path,iptables-restore:/path,"
-               "ip6tables:/path,... (nft backend only); in a config file kumactl's mapping",
+               "ip6tables:/path,... (absolute paths without ','; nft backend only); in a config file "
+               "kumactl's mapping",
                yaml="iptablesExecutables"),
     OptionSpec("experimental-transparent-proxy-engine", v.boolean, False,
                "accepted for kumactl compatibility", switch=True),
@@ -114,15 +123,15 @@ INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("ebpf-instance-ip", v.ip_address, None,
                "the host's mesh address (default: primary address of the tc interface)",
                yaml="ebpf.instanceIP"),
-    OptionSpec("ebpf-programs-source-path", str, None, "directory of the BPF C sources (default: bundled)",
-               yaml="ebpf.programsSourcePath"),
-    OptionSpec("ebpf-bpffs-path", str, "/run/kuma/bpf", "bpffs mount; pins go under <path>/tpctl/",
-               yaml="ebpf.bpffsPath"),
-    OptionSpec("ebpf-cgroup-path", str, "auto", "cgroup2 directory to attach to (default: the cgroup2 root)",
-               yaml="ebpf.cgroupPath"),
+    OptionSpec("ebpf-programs-source-path", v.absolute_path, None,
+               "directory of the BPF C sources, an absolute path (default: bundled)", yaml="ebpf.programsSourcePath"),
+    OptionSpec("ebpf-bpffs-path", v.absolute_path, "/run/kuma/bpf",
+               "bpffs mount, an absolute path; pins go under <path>/tpctl/", yaml="ebpf.bpffsPath"),
+    OptionSpec("ebpf-cgroup-path", v.cgroup_path, "auto",
+               "cgroup2 directory to attach to, an absolute path (default: the cgroup2 root)", yaml="ebpf.cgroupPath"),
     OptionSpec("ebpf-tc-attach-iface", v.interface_name, None,
-               "interface for the inbound tc programs (default: first up non-loopback with an address)",
-               yaml="ebpf.tcAttachIface"),
+               f"interface for the inbound tc programs ({v.IFNAME_HELP}; default: first up non-loopback "
+               "with an address)", yaml="ebpf.tcAttachIface"),
     OptionSpec("ebpf-sk-msg-accel", v.boolean, False,
                "pass data between the app and its sidecar with sk_msg instead of the TCP stack "
                "(tpctl only; off by default: the kernel gives it no backpressure, see README)",
@@ -145,7 +154,8 @@ INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("legacy-applier", v.choice(("auto", "python-iptables", "restore")), "auto",
                "how the legacy backend writes rules: python-iptables, or the same rendered plan through "
                "iptables-legacy-restore --noflush (auto: python-iptables when its self-test passes here)"),
-    OptionSpec("resolv-conf", str, "/etc/resolv.conf", "file listing the name servers for --redirect-dns",
+    OptionSpec("resolv-conf", v.absolute_path, "/etc/resolv.conf",
+               "file listing the name servers for --redirect-dns, an absolute path",
                yaml="redirect.dns.resolvConfigPath"),
 )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -162,18 +163,35 @@ def ports_for_uids_elements(entries) -> tuple[str, ...]:
     elements: list[str] = []
     for proto in ("tcp", "udp"):
         groups = [(e.uid_range, e.port_ranges) for e in entries if proto in e.protocols]
-        cuts = sorted({lo for (lo, _hi), _p in groups} | {hi + 1 for (_lo, hi), _p in groups})
-        pieces: list[tuple[int, int, tuple]] = []
-        for start, end in zip(cuts, cuts[1:]):
-            ports = merged(r for (lo, hi), rs in groups if lo <= start and end - 1 <= hi for r in rs)
-            if not ports:
-                continue
-            if pieces and pieces[-1][1] == start - 1 and pieces[-1][2] == tuple(ports):
-                pieces[-1] = (pieces[-1][0], end - 1, pieces[-1][2])
-            else:
-                pieces.append((start, end - 1, tuple(ports)))
-        elements += [f"{proto} . {_span(*ports)} . {_span(lo, hi)}" for lo, hi, rs in pieces for ports in rs]
+        elements += [f"{proto} . {_span(*ports)} . {_span(lo, hi)}" for lo, hi, rs in _uid_pieces(groups)
+                     for ports in rs]
     return tuple(elements)
+
+
+def _uid_pieces(groups: list) -> list[tuple[int, int, tuple]]:
+    """One sweep along the uid axis (n log n): at each cut the entries that begin there join
+    the active port ranges and those that ended leave; a piece's ports are the merged active
+    ranges. Config parsing bounds the overlap (engine/values.py), so the merges stay small."""
+    opening: dict[int, list] = defaultdict(list)
+    closing: dict[int, list] = defaultdict(list)
+    for (lo, hi), port_ranges in groups:
+        opening[lo] += port_ranges
+        closing[hi + 1] += port_ranges
+    cuts = sorted(opening.keys() | closing.keys())
+    active: Counter = Counter()
+    pieces: list[tuple[int, int, tuple]] = []
+    for start, end in zip(cuts, cuts[1:]):
+        active.subtract(closing.get(start, ()))
+        active.update(opening.get(start, ()))
+        active += Counter()  # drops the ranges no entry covers any more
+        if not active:
+            continue
+        ports = tuple(merged(active))
+        if pieces and pieces[-1][1] == start - 1 and pieces[-1][2] == ports:
+            pieces[-1] = (pieces[-1][0], end - 1, ports)
+        else:
+            pieces.append((start, end - 1, ports))
+    return pieces
 
 
 class _Planner:

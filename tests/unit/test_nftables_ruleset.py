@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import re
+import time
 
 import pytest
 
@@ -176,6 +177,18 @@ def test_ports_for_uids_elements_are_disjoint_and_cover_exactly_the_entries(seed
                              and any(lo <= port <= hi for lo, hi in e.port_ranges) for e in entries)
                 got = any(m[0] == proto and m[1] <= port <= m[2] and m[3] <= uid <= m[4] for m in members)
                 assert wanted == got, (proto, port, uid, texts)
+
+
+def test_ten_thousand_ports_for_uids_entries_plan_well_under_a_second():
+    """One sweep along the uid axis: the planner cut the ranges against every entry per piece."""
+    rng = random.Random(22)
+    entries = v.ports_for_uids_list([f"{rng.choice(['tcp', 'udp', '*'])}:{rng.randint(1, 65000)}:"
+                                     f"{rng.randint(1000, 900000)}" for _ in range(6000)]
+                                    + [f"{1 + i % 60000}:{5000 + i}-{5040 + i}" for i in range(4000)])
+    start = time.process_time()  # CPU time: other work on the machine does not count
+    elements = ports_for_uids_elements(entries)
+    assert time.process_time() - start < 1.0
+    assert len(elements) >= 10000
 
 
 def test_one_entry_is_one_element_per_port_range():

@@ -1,6 +1,8 @@
 """Parsing and validation of every kind of flag value, and the precedence of the sources."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from engine import config as config_module
@@ -125,3 +127,44 @@ def test_config_file_errors_name_the_file_and_key(tmp_path, yaml_text, message):
 def test_cross_flag_checks(explicit, message):
     with pytest.raises(ConfigError, match=message):
         build(**explicit)
+
+
+@pytest.mark.parametrize("parse, text", [
+    (v.network, "fe80::1%eth0"), (v.network, "fe80::1%1\n-A OUTPUT"), (v.ip_address, "fe80::1%1"),
+    (v.network, "１０.0.0.1"), (v.port, "1_000"), (v.port, "+80"), (v.port, "٨٠"), (v.unsigned, "0x10"),
+    (v.interface_name, "eth0\n"), (v.interface_name, "."), (v.interface_name, "a/b"), (v.interface_name, "a:b"),
+    (v.interface_name, "e th0"), (v.interface_name, "eth0+"), (v.proxy_user, "kuma dp"), (v.proxy_user, "-x"),
+    (v.duration_seconds, "1e3"), (v.duration_seconds, "٢s"), (v.absolute_path, "relative"),
+    (v.path, "/a\x00b"), (v.path, "/tmp/é"), (v.cgroup_path, "auto\n/x"),
+])
+def test_strict_grammars_refuse_what_the_lenient_parsers_took(parse, text):
+    with pytest.raises(ValueError):
+        parse(text)
+
+
+def test_typed_values_render_canonically_and_keep_what_comments_show():
+    (vn,) = v.vnet_list("br+:172.18.0.1/16")
+    assert (vn.interface, vn.cidr, str(vn.network)) == ("br+", "172.18.0.1/16", "172.18.0.0/16")
+    assert v.interface_name("eth0+", wildcard=True) == "eth0+"
+    assert v.executables("iptables: /usr/sbin/iptables-nft ,ip6tables:/x") == "iptables:/usr/sbin/iptables-nft,ip6tables:/x"
+    assert v.executables({"iptables": "/usr/sbin/iptables-nft"}) == "iptables:/usr/sbin/iptables-nft"
+    assert v.cgroup_path("auto") == "auto" and v.cgroup_path("/sys/fs/cgroup/a.slice") == "/sys/fs/cgroup/a.slice"
+    assert v.port(15001) == 15001 and v.unsigned(" 7 ") == 7 and v.duration_seconds("60s", upper=60) == 60
+
+
+def test_bounds_of_the_retry_and_lock_flags_are_in_their_help():
+    from engine.options import BY_FIELD
+
+    for field, too_big in (("wait", "601"), ("wait_interval", "1000001"), ("max_retries", "21"),
+                           ("sleep_between_retries", "61s")):
+        with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')}"):
+            config_module.parse_value(field, too_big, f"--{field.replace('_', '-')}")
+        assert re.search(r"\d", BY_FIELD[field].help.split("(")[-1]), BY_FIELD[field].help
+
+
+def test_a_host_user_name_outside_the_grammar_is_not_carried_into_comments(monkeypatch):
+    import pwd
+
+    odd = pwd.struct_passwd(("evil\"name", "x", 4242, 4242, "", "/", "/bin/false"))
+    monkeypatch.setattr(v.pwd, "getpwuid", lambda uid: odd)
+    assert v.proxy_user("4242") == v.ProxyUser(4242, None)
