@@ -4,75 +4,16 @@
  * is sent to the proxy's inbound port by rewriting the destination port of its packets; the
  * proxy's replies get the original source port back. The flow is decided on the first SYN and
  * remembered in tp_in_flows, which getsockopt also reads for SO_ORIGINAL_DST.
- * Limits: IPv6 packets with extension headers before TCP are left alone.
+ * What tc cannot redirect soundly (TCP fragments, IPv6 header chains past the walk's bound,
+ * source-routed TCP) is dropped and counted in tp_drops when a plain packet with the same
+ * addresses would be redirected: nothing reaches an app's port past the proxy
+ * (docs/ebpf-packets.md). The L2 header length comes from the interface's link type.
  */
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/ip.h>
-#include <uapi/linux/ipv6.h>
-#include <uapi/linux/tcp.h>
 #include <uapi/linux/pkt_cls.h>
-#include "tp_helpers.h"
+#include "tp_packet.h"
 
 #define TP_TCP_SYN 0x02
 #define TP_TCP_ACK 0x10
-#define TP_IP_MF_OFFSET 0x3fff
-
-struct tp_l4 {
-	__u32 off;		/* TCP header offset in the packet */
-	struct tp_in_flow flow;	/* remote = the other host, local = us */
-	__u16 sport;		/* host order */
-	__u16 dport;
-	__u8 flags;
-};
-
-/* dir_ingress: 1 when the packet comes to us (remote = source). Returns 0 for TCP we parse. */
-static __always_inline int tp_parse(struct __sk_buff *skb, int dir_ingress, struct tp_l4 *l4)
-{
-	__u16 ports[2];
-	__u8 flags;
-	__u32 off;
-
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct iphdr ip;
-
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
-			return -1;
-		if (ip.protocol != TP_PROTO_TCP || (ip.frag_off & bpf_htons(TP_IP_MF_OFFSET)))
-			return -1;
-		off = ETH_HLEN + ip.ihl * 4;
-		l4->flow.family = AF_INET;
-		l4->flow.remote[0] = dir_ingress ? ip.saddr : ip.daddr;
-		l4->flow.local[0] = dir_ingress ? ip.daddr : ip.saddr;
-	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr ip6;
-
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
-			return -1;
-		if (ip6.nexthdr != TP_PROTO_TCP)
-			return -1;
-		off = ETH_HLEN + sizeof(ip6);
-		l4->flow.family = AF_INET6;
-		if (dir_ingress) {
-			__builtin_memcpy(l4->flow.remote, &ip6.saddr, 16);
-			__builtin_memcpy(l4->flow.local, &ip6.daddr, 16);
-		} else {
-			__builtin_memcpy(l4->flow.remote, &ip6.daddr, 16);
-			__builtin_memcpy(l4->flow.local, &ip6.saddr, 16);
-		}
-	} else {
-		return -1;
-	}
-	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
-		return -1;
-	if (bpf_skb_load_bytes(skb, off + 13, &flags, 1))
-		return -1;
-	l4->off = off;
-	l4->sport = bpf_ntohs(ports[0]);
-	l4->dport = bpf_ntohs(ports[1]);
-	l4->flags = flags;
-	l4->flow.remote_port = dir_ingress ? l4->sport : l4->dport;
-	return 0;
-}
 
 /* Replace the TCP port at byte offset port_off; a port is not in the pseudo-header. */
 static __always_inline int tp_set_port(struct __sk_buff *skb, __u32 l4off, __u32 port_off,
@@ -87,11 +28,10 @@ static __always_inline int tp_set_port(struct __sk_buff *skb, __u32 l4off, __u32
 	return bpf_skb_store_bytes(skb, l4off + port_off, &new_be, sizeof(new_be), 0);
 }
 
-static __always_inline int tp_inbound_wanted(struct tp_settings *s, struct tp_l4 *l4)
+/* Would a plain packet between these addresses be redirected (ports aside)? */
+static __always_inline int tp_addresses_wanted(struct tp_settings *s, struct tp_l4 *l4)
 {
-	if (!s->redirect_inbound || l4->dport == s->inbound_port)
-		return 0;
-	if (tp_excl_in_ports.lookup(&l4->dport))
+	if (!s->redirect_inbound)
 		return 0;
 	if (l4->flow.family == AF_INET) {
 		if (!tp_is_instance_v4(l4->flow.local[0]))
@@ -103,14 +43,40 @@ static __always_inline int tp_inbound_wanted(struct tp_settings *s, struct tp_l4
 	return !tp_excluded_in_v6(l4->flow.remote);
 }
 
+static __always_inline int tp_inbound_wanted(struct tp_settings *s, struct tp_l4 *l4)
+{
+	if (l4->dport == s->inbound_port || tp_excl_in_ports.lookup(&l4->dport))
+		return 0;
+	return tp_addresses_wanted(s, l4);
+}
+
+static __always_inline void tp_count_drop(__u8 reason)
+{
+	int key = reason;
+	__u64 *count = tp_drops.lookup(&key);
+
+	if (count)
+		*count += 1;	/* per-CPU: no other writer */
+}
+
 int tp_tc_ingress(struct __sk_buff *skb)
 {
 	struct tp_settings *s = tp_get_settings();
 	struct tp_l4 l4 = {};
 	__u16 *known;
+	int verdict;
 
-	if (!s || tp_parse(skb, 1, &l4))
+	if (!s)
 		return TC_ACT_OK;
+	verdict = tp_parse(skb, s->l3_iface ? 0 : ETH_HLEN, 1, &l4);
+	if (verdict == TP_PKT_PASS)
+		return TC_ACT_OK;
+	if (verdict == TP_PKT_SUSPECT) {
+		if (!tp_addresses_wanted(s, &l4))
+			return TC_ACT_OK;
+		tp_count_drop(l4.drop_reason);
+		return TC_ACT_SHOT;
+	}
 	known = tp_in_flows.lookup(&l4.flow);
 	if ((l4.flags & TP_TCP_SYN) && !(l4.flags & TP_TCP_ACK)) {
 		if (!tp_inbound_wanted(s, &l4)) {
@@ -133,7 +99,9 @@ int tp_tc_egress(struct __sk_buff *skb)
 	struct tp_l4 l4 = {};
 	__u16 *orig;
 
-	if (!s || tp_parse(skb, 0, &l4) || l4.sport != s->inbound_port)
+	/* egress never drops: only the proxy's replies are rewritten, and only when parsed */
+	if (!s || tp_parse(skb, s->l3_iface ? 0 : ETH_HLEN, 0, &l4) != TP_PKT_TCP ||
+	    l4.sport != s->inbound_port)
 		return TC_ACT_OK;
 	orig = tp_in_flows.lookup(&l4.flow);
 	if (!orig)

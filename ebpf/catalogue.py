@@ -113,6 +113,7 @@ MAPS: tuple[str, ...] = (
     "tp_excl_out_v4", "tp_excl_out_v6", "tp_excl_in_v4", "tp_excl_in_v6",
     "tp_uid_port_excl", "tp_dns_v4", "tp_dns_v6", "tp_instance_v4", "tp_instance_v6",
     "tp_cookie_orig", "tp_tuple_orig", "tp_in_flows", "tp_sock_hash", "tp_install_meta",
+    "tp_drops",
 )
 
 SOCKHASH_MAP = "tp_sock_hash"

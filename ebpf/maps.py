@@ -18,6 +18,9 @@ MAX_UID_RANGES = 16
 MAX_CIDRS = 65536  # TP_MAX_CIDRS in bpf_src/include/tp_types.h, per address family
 DNS_MODES = {"off": 0, "servers": 1, "all": 2}
 PROTOS = {"tcp": 6, "udp": 17}
+# tp_drops indices (TP_DROP_* in bpf_src/include/tp_types.h), in order
+DROP_REASONS = ("ipv4_fragment", "ipv6_fragment", "header_chain", "ipv6_routed")
+DROPS_MAP = "tp_drops"
 
 
 class TpSettings(ct.Structure):
@@ -25,7 +28,7 @@ class TpSettings(ct.Structure):
                 ("outbound_port", ct.c_uint16), ("dns_port", ct.c_uint16),
                 ("redirect_inbound", ct.c_uint8), ("redirect_dns", ct.c_uint8),
                 ("ipv6", ct.c_uint8), ("accel", ct.c_uint8), ("uid_range_count", ct.c_uint8),
-                ("pad", ct.c_uint8)]
+                ("l3_iface", ct.c_uint8)]
 
 
 class TpUidPortRange(ct.Structure):
@@ -198,3 +201,25 @@ class TypedMap:
             if libbpf.map_lookup(self.fd, nxt, value):
                 yield self.layout.decode_key(nxt), self.layout.decode_value(value)
             prev = nxt
+
+
+def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
+    """How many values a per-CPU map holds per key: one per possible CPU ("0-3,8-11")."""
+    with open(path, encoding="ascii") as handle:
+        text = handle.read().strip()
+    count = 0
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
+
+
+def read_drops(fd: int, cpus: int | None = None) -> dict[str, int]:
+    """tp_drops summed over CPUs: {reason: packets tc ingress dropped for it}."""
+    cpus = cpus or possible_cpus()
+    totals = {}
+    for index, reason in enumerate(DROP_REASONS):
+        per_cpu = (ct.c_uint64 * cpus)()
+        found = libbpf.map_lookup(fd, ct.c_uint32(index), per_cpu)
+        totals[reason] = sum(per_cpu) if found else 0
+    return totals

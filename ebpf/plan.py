@@ -118,6 +118,31 @@ def _uid_ranges(s: EbpfSettings) -> tuple[tuple[int, dict], ...]:
     return tuple(out)
 
 
+# ARPHRD_* -> bytes before the IP header at tc on such an interface. Only types whose layout is
+# the same on every kernel: anything else is refused, not guessed. ipip, sit, ip6tnl and GRE
+# (768, 776, 769, 778) are left out on purpose: at tc ingress the kernel may show the outer IP
+# header before the inner one (docs/ebpf-packets.md).
+L2_LEN_BY_LINK_TYPE = {
+    1: 14,       # ARPHRD_ETHER: Ethernet, veth, bridges, bonds, macvlan, tap, VXLAN
+    772: 14,     # ARPHRD_LOOPBACK: lo carries an Ethernet header
+    65534: 0,    # ARPHRD_NONE: tun, WireGuard
+}
+
+
+def _l3_iface(s: EbpfSettings) -> int:
+    """1 when the tc interface has no link header, 0 for Ethernet (and when tc is not used).
+    0 means Ethernet so that new programs on an older install's settings, until the settings
+    are rewritten, parse as the old ones did."""
+    if not (s.redirect_inbound and s.tc_iface):
+        return 0
+    if s.tc_link_type in L2_LEN_BY_LINK_TYPE:
+        return int(L2_LEN_BY_LINK_TYPE[s.tc_link_type] == 0)
+    what = "cannot be read (no such interface)" if s.tc_link_type is None \
+        else f"is {s.tc_link_type}, whose header layout the tc programs do not know"
+    raise EbpfPlanError(f"tc_iface: the link type (ARPHRD) of {s.tc_iface} {what}; known: "
+                        f"{', '.join(str(k) for k in sorted(L2_LEN_BY_LINK_TYPE))}")
+
+
 def wanted(prog: Program, s: EbpfSettings) -> bool:
     return {"core": True, "dns": s.redirect_dns != "off",
             "inbound": s.redirect_inbound and s.tc_iface is not None,
@@ -132,7 +157,7 @@ def plan(s: EbpfSettings) -> EbpfPlan:
         "outbound_port": _port("outbound_port", s.outbound_port),
         "dns_port": _port("dns_port", s.dns_port), "redirect_inbound": int(s.redirect_inbound),
         "redirect_dns": DNS_MODES[s.redirect_dns], "ipv6": int(s.ipv6), "accel": int(s.accel),
-        "uid_range_count": len(s.exclude_outbound_ports_for_uids),
+        "uid_range_count": len(s.exclude_outbound_ports_for_uids), "l3_iface": _l3_iface(s),
     }
     maps = (
         MapWrite("tp_settings", ((0, settings_value),)),

@@ -75,6 +75,10 @@ BPF_TABLE("lru_hash", struct tp_in_flow, __u16, tp_in_flows, 65536);
  * of local app<->proxy connections, keyed by tuple seen from the socket itself. */
 TP_SOCKHASH(tp_sock_hash, struct tp_tuple, 65536);
 
+/* Why: tc ingress drops what it cannot redirect soundly (fragments, odd header chains);
+ * per-CPU counters by TP_DROP_* reason let status say how many and why. */
+BPF_PERCPU_ARRAY(tp_drops, __u64, TP_DROP_REASONS);
+
 /* Why: read only by user space; records where we attached so uninstall needs no state file. */
 BPF_ARRAY(tp_install_meta, struct tp_install_meta, 1);
 

@@ -18,6 +18,14 @@
 #define TP_DNS_SERVERS 1
 #define TP_DNS_ALL 2
 
+/* Why tc ingress dropped a packet instead of letting it reach an app's port unredirected:
+ * the index into tp_drops (ebpf/maps.py DROP_REASONS names them in this order). */
+#define TP_DROP_V4_FRAGMENT 0	/* an IPv4 TCP fragment: ports unknown until reassembly */
+#define TP_DROP_V6_FRAGMENT 1	/* an IPv6 fragment that may hold TCP */
+#define TP_DROP_HEADER_CHAIN 2	/* headers longer than the walk's bound, truncated or malformed */
+#define TP_DROP_V6_ROUTED 3	/* TCP behind a Routing header with segments left */
+#define TP_DROP_REASONS 4
+
 /* Every run-time setting; one element of tp_settings. Ports in host byte order. */
 struct tp_settings {
 	__u32 proxy_uid;
@@ -29,7 +37,8 @@ struct tp_settings {
 	__u8 ipv6;
 	__u8 accel;
 	__u8 uid_range_count;	/* used elements of tp_uid_port_excl */
-	__u8 pad;
+	__u8 l3_iface;		/* 1: the tc interface has no link header (tun, WireGuard);
+				 * 0: Ethernet, also what an older install's settings say */
 };
 
 /* --exclude-outbound-ports-for-uids: proto 6 (tcp) or 17 (udp), inclusive ranges. */

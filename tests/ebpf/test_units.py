@@ -198,3 +198,43 @@ def test_context_fields_are_read_through_tp_ctx_only():
             for lineno, line in enumerate(open(os.path.join(folder, name)), 1):
                 if name != "tp_ctx.h" and not line.lstrip().startswith(("*", "/*")):
                     assert not plain.search(line), f"{name}:{lineno}: {line.strip()}"
+
+
+@pytest.mark.parametrize("link_type, l3_iface", [(1, 0), (772, 0), (65534, 1)])
+def test_plan_takes_the_link_header_from_the_tc_interface_link_type(link_type, l3_iface):
+    p = plan(EbpfSettings(tc_iface="wg0", tc_link_type=link_type))
+    assert {m.map: m.entries for m in p.maps}["tp_settings"][0][1]["l3_iface"] == l3_iface
+
+
+@pytest.mark.parametrize("link_type, said", [(768, "is 768"), (None, "cannot be read")])
+def test_plan_refuses_tc_on_a_link_type_it_does_not_know(link_type, said):
+    """ipip (768) may show its outer IP header at tc ingress: refused (a failed check, so the
+    choice falls back), never guessed."""
+    with pytest.raises(EbpfPlanError, match=f"tc_iface: the link type \\(ARPHRD\\) of ip0 {said}"):
+        plan(EbpfSettings(tc_iface="ip0", tc_link_type=link_type))
+    off = plan(EbpfSettings(tc_iface="ip0", tc_link_type=link_type, redirect_inbound=False))
+    assert {m.map: m.entries for m in off.maps}["tp_settings"][0][1]["l3_iface"] == 0
+
+
+def test_the_link_type_is_read_from_this_namespace():
+    from ebpf.settings import interface_link_type
+
+    assert interface_link_type("lo") == 772
+    assert interface_link_type("tpctl-none0") is None
+
+
+def test_drop_reasons_follow_the_c_defines():
+    import re
+
+    text = open(os.path.join(SRC, "include", "tp_types.h")).read()
+    defined = dict(re.findall(r"#define TP_DROP_(\w+) (\d+)", text))
+    assert int(defined.pop("REASONS")) == len(maps.DROP_REASONS)
+    assert sorted(defined, key=lambda name: int(defined[name])) == \
+        ["V4_FRAGMENT", "V6_FRAGMENT", "HEADER_CHAIN", "V6_ROUTED"]
+    assert maps.DROP_REASONS == ("ipv4_fragment", "ipv6_fragment", "header_chain", "ipv6_routed")
+    assert maps.DROPS_MAP in catalogue.MAPS
+
+
+def test_possible_cpus_counts_every_range(tmp_path):
+    (tmp_path / "possible").write_text("0-3,8-11,16\n")
+    assert maps.possible_cpus(str(tmp_path / "possible")) == 9
