@@ -22,7 +22,7 @@ PASSTHROUGH_STEP = "add ::6/128 to lo (IPv6 inbound passthrough source)"
 def decide(config: Config, memo: Memo = NONE) -> tuple[HostFacts, Choice]:
     """HostFacts once, each requested engine's checks once (only as far as the choice needs);
     `memo` keeps passed expensive checks between runs."""
-    facts = probe(config.resolv_conf)
+    facts = probe(config.dns_servers_file)  # resolv.conf only when DNS redirection needs its servers
     judged: dict[str, Sequence[Check]] = {}
 
     def checks_of(engine: RedirectEngine) -> Sequence[Check]:
@@ -42,7 +42,10 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
     """`say` is for progress and notes (stderr), `show` for the dry-run plan (stdout)."""
     # before anything is probed or written: a refused install changes nothing (not even checks.json)
     ssh_guard.check(config, say)
-    facts, choice = decide(config, Memo(state_dir, writable=not config.dry_run))
+    persist.check_trusted(config, state_dir)  # --persist: what root runs at every boot must be root's alone
+    state.check_dir(state_dir)  # an unsafe state directory is bad input (exit 2), found before any probe
+    memo = Memo(state_dir, writable=not config.dry_run, hold=True)  # written once the install applies
+    facts, choice = decide(config, memo)
     for reason in choice.reasons:
         say(f"# {reason}")
     engine = _engine(choice)
@@ -51,7 +54,7 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
         say(f"# [WARNING] {warning}")
     for note in engine.notes(config, facts, choice):
         say(note)
-    paths = persist.Paths.here()
+    paths = persist.Paths.here(state_dir)  # the unit names this state dir: its uninstall alone removes it
     if config.dry_run:
         if config.persist:
             say(f"# --persist: would write {paths.config} and {paths.unit}, enabled (at boot: "
@@ -59,7 +62,8 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
         show(plan.render())
         return
     digest = plan.digest()
-    with state.locked(state_dir):
+    with state.locked(state_dir):  # the state directory and its lock exist from here on, not before
+        memo.save()
         previous = _previous_install(config, state_dir, say)
         mine = state.engine_part(previous, engine.name)
         if (previous and mine is not None and previous.get("digest") == digest and not engine.status(mine)[2]
@@ -127,8 +131,8 @@ def _previous_install(config: Config, state_dir: str, say: Say) -> dict | None:
     if found is not None and not found.get("committed"):
         say(f"# an earlier install stopped at step {found.get('step')!r} (journal): removing everything it "
             "and the install before it made")
-        lifecycle.remove(lifecycle.records_of(previous, found), {"ebpf_bpffs_path": config.ebpf_bpffs_path},
-                         False, say)
+        lifecycle.remove(lifecycle.records_of(previous, found),  # never the boot persistence: not this crash's
+                         {"ebpf_bpffs_path": config.ebpf_bpffs_path, "keep_persistence": True}, False, say)
         state.forget(state_dir)
         journal.remove(state_dir)
         return None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import click
@@ -10,7 +11,7 @@ from click.core import ParameterSource
 
 from engine import config as config_module
 from engine import lifecycle, persist, registry, state, values
-from engine.errors import ConfigError, DriftFound, Interrupted, Terminated, TpctlError
+from engine.errors import ConfigError, DriftFound, HungUp, Interrupted, Terminated, TpctlError
 from engine.options import INSTALL_OPTIONS, OptionSpec
 
 
@@ -93,7 +94,8 @@ def main():
 @main.command()
 @install_options
 @click.option("--config", "config_files", multiple=True, envvar="TPCTL_CONFIG",
-              help="YAML config file in kumactl's schema (repeatable, comma list allowed, '-' for stdin)")
+              help="YAML config file in kumactl's schema (repeatable, comma list allowed, '-' for stdin; "
+                   "a regular file of at most 4 MiB, without YAML aliases)")
 @state_dir_option
 @click.pass_context
 def install(ctx, config_files, state_dir, **params):
@@ -106,8 +108,9 @@ def install(ctx, config_files, state_dir, **params):
     try:
         apply.install(config, state.state_dir(state_dir), _say, _show)
     except (KeyboardInterrupt, transaction.Terminated) as err:  # the transaction rolled back before this
-        error = Terminated if isinstance(err, transaction.Terminated) else Interrupted
-        raise error(f"interrupted by {'SIGTERM' if error is Terminated else 'SIGINT'}: what this install had "
+        signum = getattr(err, "signum", signal.SIGINT)
+        error = {signal.SIGTERM: Terminated, signal.SIGHUP: HungUp}.get(signum, Interrupted)
+        raise error(f"interrupted by {signal.Signals(signum).name}: what this install had "
                     "done was rolled back; the host is as before") from None
 
 

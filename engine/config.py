@@ -6,6 +6,9 @@ ConfigError naming the flag (or file and key) and what would be valid.
 """
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -79,6 +82,11 @@ class Config:
     def capture_all_dns(self) -> bool:
         return self.redirect_all_dns_traffic
 
+    @property
+    def dns_servers_file(self) -> str | None:
+        """The resolv.conf to read, when DNS redirection needs its name servers (only then)."""
+        return self.resolv_conf if self.redirect_dns and not self.capture_all_dns else None
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able view, for state and status."""
         out = {}
@@ -111,15 +119,10 @@ def parse_value(field: str, raw: Any, where: str) -> Any:
 
 def read_config_file(path: str) -> dict[str, Any]:
     """Read one --config file (YAML in kumactl's schema; '-' is stdin) into {field: value}."""
-    try:
-        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
-    except OSError as err:
-        raise ConfigError(f"--config {path}: cannot read it ({err.strerror})") from None
-    try:
-        # libyaml's loader where PyYAML has it: 10,000 exclusions load in 0.06 s instead of 0.37 s
-        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path}: not valid YAML ({err})") from None
+    what = f"--config {path}"
+    fix = "fix: give a YAML file in kumactl's schema, or - for stdin"
+    text = read_stdin(what, CONFIG_LIMIT, fix) if path == "-" else read_limited(path, what, CONFIG_LIMIT, fix)
+    document = load_yaml(text, what) or {}
     if not isinstance(document, dict):
         raise ConfigError(f"--config {path}: expected a mapping at the top level")
     result = {}
@@ -130,6 +133,109 @@ def read_config_file(path: str) -> dict[str, Any]:
                               f"(known: {', '.join(sorted(BY_YAML))})")
         result[spec.field] = parse_value(spec.field, raw, f"--config {path}: {key}")
     return result
+
+
+# -- bounded readers: every file read from a user's path is bounded in size, kind, aliases, depth --
+CONFIG_LIMIT = 4 * 1024 * 1024  # --config: 10,000 exclusions take about 250 KB of YAML
+RESOLV_CONF_LIMIT = 64 * 1024  # --resolv-conf: the resolver itself reads a few name servers
+YAML_DEPTH_LIMIT = 32  # kumactl's schema nests 4 deep
+# libyaml's parser where PyYAML has it: 10,000 exclusions load in 0.06 s instead of 0.37 s
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
+
+
+class _NotRegular(Exception):
+    """The path names something that is not a regular file (its kind is the message)."""
+
+
+def read_limited(path: str, what: str, limit: int, fix: str) -> str:
+    """The UTF-8 text of the regular file `path`, at most `limit` bytes. Anything else is a
+    ConfigError naming `what` (the flag and its value) and `fix`, at once: a FIFO would block,
+    a device may never end (or act on being opened), a directory has no text. Symbolic links
+    are followed: reading changes nothing, and /etc/resolv.conf is often one."""
+    try:
+        fd = _open_regular(path)
+    except _NotRegular as kind:
+        raise ConfigError(f"{what}: {kind}, not a regular file ({fix})") from None
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot read it ({err.strerror}) ({fix})") from None
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as err:
+            raise ConfigError(f"{what}: cannot read it ({err.strerror}) ({fix})") from None
+    return _decoded(data, what, limit, fix)
+
+
+def read_stdin(what: str, limit: int, fix: str) -> str:
+    """Standard input as UTF-8 text of at most `limit` bytes (it ends when the writer closes it)."""
+    if sys.stdin is None:
+        raise ConfigError(f"{what}: there is no standard input ({fix})")
+    try:
+        data = sys.stdin.buffer.read(limit + 1)
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot read standard input ({err.strerror}) ({fix})") from None
+    return _decoded(data, what, limit, fix)
+
+
+def _open_regular(path: str) -> int:
+    """A read-only fd of `path` after proving it is a regular file. O_PATH opens nothing for
+    reading (no FIFO wait, no device driver's open); the same inode is then opened for reading
+    through /proc, so a rename in between cannot swap in something else."""
+    where = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        found = os.fstat(where)
+        if not stat.S_ISREG(found.st_mode):
+            raise _NotRegular(_KINDS.get(stat.S_IFMT(found.st_mode), "not a file"))
+        try:
+            return os.open(f"/proc/self/fd/{where}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        except FileNotFoundError:  # no /proc (a bare chroot): by name, then prove it is the same file
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino) != (found.st_dev, found.st_ino):
+                os.close(fd)
+                raise OSError(errno.ESTALE, "it was replaced while being opened") from None
+            return fd
+    finally:
+        os.close(where)
+
+
+def _decoded(data: bytes, what: str, limit: int, fix: str) -> str:
+    if len(data) > limit:
+        raise ConfigError(f"{what}: larger than {limit} bytes, the most tpctl reads ({fix})")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what}: not UTF-8 text (byte {err.start}) ({fix})") from None
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """YAML without aliases and nested at most YAML_DEPTH_LIMIT deep: an alias is how a few
+    hundred bytes expand into billions of values, depth is how the loader's recursion fails.
+    libyaml's event stream is scanned first (no recursion, nothing built), then loaded."""
+    try:
+        _check_shape(text, what)
+        return yaml.load(text, Loader=LOADER)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what}: not valid YAML ({err})") from None
+    except ValueError as err:  # a scalar YAML accepts and Python does not (an int of 5,000 digits)
+        raise ConfigError(f"{what}: a value cannot be read ({err})") from None
+
+
+def _check_shape(text: str, what: str) -> None:
+    depth = 0
+    for event in yaml.parse(text, Loader=LOADER):
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(f"{what}: YAML aliases (*{event.anchor[:40]}) are not accepted; write the value out "
+                              "where it is used")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > YAML_DEPTH_LIMIT:
+                raise ConfigError(f"{what}: nested more than {YAML_DEPTH_LIMIT} deep, where kumactl's schema "
+                                  "nests 4 (fix: the keys and lists of kumactl's schema)")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
 
 
 def _flatten(document: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -156,6 +262,12 @@ def build(explicit: dict[str, Any], config_files: Iterable[str] = ()) -> Config:
 
 def validate(config: Config, explicit: dict[str, Any]) -> None:
     """Checks that span several flags."""
+    for spec in INSTALL_OPTIONS:  # a repeated flag's values once joined: the caps of one value
+        if spec.multiple and spec.field in explicit:
+            try:
+                v.joined(explicit[spec.field])
+            except ValueError as err:
+                raise ConfigError(f"--{spec.flag}: {err}") from None
     # As kumactl: the two flags conflict, while a config file may say enabled + captureAll.
     if explicit.get("redirect_dns") and explicit.get("redirect_all_dns_traffic"):
         raise ConfigError("--redirect-dns and --redirect-all-dns-traffic conflict: "

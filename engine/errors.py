@@ -44,3 +44,9 @@ class Interrupted(TpctlError):
 
 class Terminated(Interrupted):
     exit_code = 143
+
+
+class HungUp(Interrupted):
+    """SIGHUP (a closed terminal or ssh session) during install: rolled back, exit 129."""
+
+    exit_code = 129

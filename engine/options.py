@@ -155,7 +155,8 @@ INSTALL_OPTIONS: tuple[OptionSpec, ...] = (
                "how the legacy backend writes rules: python-iptables, or the same rendered plan through "
                "iptables-legacy-restore --noflush (auto: python-iptables when its self-test passes here)"),
     OptionSpec("resolv-conf", v.absolute_path, "/etc/resolv.conf",
-               "file listing the name servers for --redirect-dns, an absolute path",
+               "file listing the name servers for --redirect-dns, an absolute path (a regular file of at most "
+               "64 KiB, read only when --redirect-dns needs it)",
                yaml="redirect.dns.resolvConfigPath"),
 )
 

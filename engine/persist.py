@@ -1,7 +1,14 @@
 """Boot persistence, the same for every engine: `install --persist` writes the effective
 configuration as a file in kumactl's YAML schema and a systemd unit that installs from it at
 boot (the engine choice made afresh there: bpffs and /run/tpctl are empty after a reboot) and
-uninstalls at stop. A plain `tpctl uninstall` removes both; the unit's own ExecStop keeps them.
+uninstalls at stop. The file holds what the install resolved (the proxy's uid, not a user name
+that may not resolve at boot).
+
+Persistence belongs to the install that made it: the unit's command line names that install's
+state directory (--state-dir), and only an uninstall of that state directory removes the file
+and the unit (the unit's own ExecStop keeps them; an install's crash recovery never touches
+them). Root runs the unit at every boot, so --persist refuses code that anyone but root could
+change: every path component root's, nothing group- or world-writable (check_trusted).
 
 The file holds kumactl's keys only (the same schema `kumactl install transparent-proxy
 --config` and `kuma-dp run --transparent-proxy-config` read); tpctl-only options go on the
@@ -11,7 +18,9 @@ systemd is not told.
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -20,6 +29,7 @@ import yaml
 
 from engine import state
 from engine.config import Config, defaults
+from engine.errors import ConfigError
 from engine.options import INSTALL_OPTIONS
 from engine.timeouts import bound
 
@@ -39,18 +49,21 @@ class Paths:
     unit: str
     wants: str
     systemd: bool  # the real root: tell systemd (daemon-reload) when it runs
+    state_dir: str = state.DEFAULT_DIR  # the install this persistence belongs to (absolute, resolved)
 
     @classmethod
-    def here(cls) -> Paths:
+    def here(cls, state_dir: str | None = None) -> Paths:
+        """`state_dir`: the install's (--state-dir; else TPCTL_STATE_DIR or the default)."""
         root = os.environ.get(ROOT_ENV, "/")
         under = lambda path: os.path.join(root, path.lstrip("/"))  # noqa: E731 - three uses, one line
-        return cls(under(CONFIG), under(UNIT), under(WANTS), root == "/")
+        return cls(under(CONFIG), under(UNIT), under(WANTS), root == "/",
+                   os.path.realpath(state.state_dir(state_dir)))
 
 
 # -- what is written (pure) --------------------------------------------------------------------
 def _yaml_value(field: str, value):
-    if field == "kuma_dp_user":
-        return value.name or str(value.uid)
+    if field == "kuma_dp_user":  # the uid: a name (kumactl's default kuma-dp) may not resolve at boot
+        return str(value.uid)
     if field == "exclude_outbound_ports_for_uids":
         return [entry.text for entry in value]
     if field == "vnet":
@@ -105,10 +118,11 @@ def config_text(config: Config) -> str:
     return f"{MARK}\n" + yaml.safe_dump(config_document(config), sort_keys=False, default_flow_style=False)
 
 
-def unit_text(config: Config, config_path: str = CONFIG, python: str = sys.executable) -> str:
+def unit_text(config: Config, config_path: str = CONFIG, python: str = sys.executable,
+              state_dir: str = state.DEFAULT_DIR) -> str:
     tpctl = [python, "-m", "engine.cli"]
-    start = shlex.join([*tpctl, "install", "--config", config_path, *command_flags(config)])
-    stop = shlex.join([*tpctl, "uninstall", "--keep-persistence"])
+    start = shlex.join([*tpctl, "install", "--state-dir", state_dir, "--config", config_path, *command_flags(config)])
+    stop = shlex.join([*tpctl, "uninstall", "--state-dir", state_dir, "--keep-persistence"])
     return "\n".join([
         MARK,
         "[Unit]",
@@ -164,7 +178,7 @@ def write(config: Config, paths: Paths) -> dict:
     what was there before."""
     before = snapshot(paths)
     _write(paths.config, config_text(config))
-    _write(paths.unit, unit_text(config, CONFIG if paths.systemd else paths.config))
+    _write(paths.unit, _unit_for(config, paths))
     if not os.path.islink(paths.wants):
         os.makedirs(os.path.dirname(paths.wants), exist_ok=True)
         os.symlink(f"../{UNIT_NAME}", paths.wants)
@@ -176,7 +190,11 @@ def written(config: Config, paths: Paths) -> bool:
     """Whether the files on disk are exactly what `write` would write now (enabled)."""
     now = snapshot(paths)
     return (now["config"] == config_text(config) and now["wants"] is not None
-            and now["unit"] == unit_text(config, CONFIG if paths.systemd else paths.config))
+            and now["unit"] == _unit_for(config, paths))
+
+
+def _unit_for(config: Config, paths: Paths) -> str:
+    return unit_text(config, CONFIG if paths.systemd else paths.config, state_dir=paths.state_dir)
 
 
 def restore(paths: Paths, before: dict) -> None:
@@ -200,8 +218,28 @@ def ours(paths: Paths) -> list[str]:
     return found
 
 
+def owner(paths: Paths) -> str | None:
+    """The state directory of the install the persisted unit belongs to (its --state-dir; a
+    unit without one installed into the default at boot), None when there is no unit of ours."""
+    text = _read(paths.unit) or ""
+    if not text.startswith(MARK):
+        return None
+    start = next((line[len("ExecStart="):] for line in text.splitlines() if line.startswith("ExecStart=")), "")
+    try:
+        words = shlex.split(start)
+    except ValueError:  # not what tpctl writes: nobody's
+        return None
+    found = words[words.index("--state-dir") + 1] if "--state-dir" in words[:-1] else state.DEFAULT_DIR
+    return os.path.realpath(found)
+
+
 def remove(paths: Paths, dry_run: bool) -> list[str]:
-    """Disable and remove what `install --persist` wrote (only files carrying our mark)."""
+    """Disable and remove what `install --persist` wrote (only files carrying our mark), when its
+    unit belongs to the install of paths.state_dir: another install's persistence stays. A marked
+    file without a unit of ours (a partial leftover) installs nothing at boot: any uninstall may
+    remove it."""
+    if owner(paths) not in (None, paths.state_dir):
+        return []
     found = ours(paths)
     if not dry_run and found:
         for path in reversed(found):
@@ -210,17 +248,149 @@ def remove(paths: Paths, dry_run: bool) -> list[str]:
     return [f"persistence: {path}" for path in found]
 
 
-def status(paths: Paths) -> dict:
+def status(paths: Paths, installed: bool | None = None) -> dict:
+    """`installed`: whether paths.state_dir holds an install now (None: not asked)."""
     found = ours(paths)
     enabled = paths.unit in found and paths.wants in found
-    return {"persistent": enabled and paths.config in found, "unit": paths.unit if paths.unit in found else None,
-            "enabled": enabled, "config": paths.config if paths.config in found else None}
+    report = {"persistent": enabled and paths.config in found, "unit": paths.unit if paths.unit in found else None,
+              "enabled": enabled, "config": paths.config if paths.config in found else None,
+              "owner": owner(paths), "state_dir": paths.state_dir}
+    report["boot"] = boot_problem(paths, report, installed)
+    return report
+
+
+def boot_problem(paths: Paths, report: dict, installed: bool | None) -> str | None:
+    """Why the persisted install is not in place, when it is this state dir's and is not: the
+    boot install failed (systemd says so when it runs), or the unit was stopped."""
+    if not report["persistent"] or installed is not False or report["owner"] != paths.state_dir:
+        return None
+    shown = unit_state(paths)
+    if shown.get("ActiveState") == "failed":
+        return f"boot install failed: see journalctl -u {UNIT_NAME} (systemd: Result={shown.get('Result', '?')})"
+    return (f"not installed now: the boot install failed or {UNIT_NAME} was stopped (see journalctl -u {UNIT_NAME}; "
+            f"systemctl start {UNIT_NAME} installs again)")
+
+
+def unit_state(paths: Paths) -> dict:
+    """systemd's Result and ActiveState of the unit, when systemd runs this root ({} otherwise)."""
+    if not (paths.systemd and os.path.isdir("/run/systemd/system")):
+        return {}
+    try:
+        shown = subprocess.run(["systemctl", "show", "-p", "Result,ActiveState", UNIT_NAME],
+                               capture_output=True, text=True, timeout=bound(20)).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return parse_show(shown)
+
+
+def parse_show(text: str) -> dict:
+    """`systemctl show -p A,B` output (A=x lines) as a dict."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def status_line(report: dict) -> str:
     if report["persistent"]:
-        return (f"persistent: yes ({UNIT_NAME} enabled: at boot it installs from {report['config']}, "
+        line = (f"persistent: yes ({UNIT_NAME} enabled: at boot it installs from {report['config']}, "
                 "choosing the engine afresh)")
+        if report.get("owner") not in (None, report.get("state_dir")):
+            line += f"; it belongs to the install in {report['owner']} (uninstall there removes it)"
+        return line + (f"; {report['boot']}" if report.get("boot") else "")
     if report["unit"] or report["config"]:
         return f"persistent: partly ({', '.join(p for p in (report['unit'], report['config']) if p)}; not enabled)"
     return "persistent: no (tpctl install --persist makes it survive reboots)"
+
+
+# -- what root runs at every boot must be root's alone (docs: "Files: root's files") ----------------
+# a word of the unit's command line: no quoting, no systemd specifier (%) or variable ($), no space
+UNIT_WORD = re.compile(r"[A-Za-z0-9_./+@:,=-]+\Z")
+TREE_LIMIT = 50_000  # entries checked in one tree; more is refused (a source tree holds tens)
+
+
+def check_trusted(config: Config, state_dir: str | None = None) -> None:
+    """For --persist: refuse (ConfigError, exit 2, before anything changes) a path the unit would
+    carry that its command line cannot hold as it is, and code the unit runs or compiles as root
+    at every boot (the interpreter, tpctl's own code and the modules it imports, the eBPF program
+    source, the iptables executables) that anyone but root could change."""
+    if not config.persist:
+        return
+    paths = Paths.here(state_dir)
+    for what, word in (("the Python interpreter", sys.executable), ("--state-dir", paths.state_dir),
+                       (f"{ROOT_ENV}'s config file", paths.config)):
+        if not UNIT_WORD.match(word):
+            raise ConfigError(f"--persist: {what} {word!r} goes on {UNIT_NAME}'s command line, which takes letters, "
+                              "digits and _./+@:,=- only (fix: a path made of those)")
+    for what, path, whole_tree in boot_code(config):
+        problem = untrusted(path, whole_tree)
+        if problem:
+            raise ConfigError(f"--persist: {what} {path}: {problem}; root would run or compile it at every boot "
+                              "(fix: make root the owner of every directory on the way and of every file, with no "
+                              "group or world write bit, e.g. copy it under /usr/local or /opt as root)")
+
+
+def boot_code(config: Config) -> list[tuple[str, str, bool]]:
+    """(what, path, check the whole tree) for everything a boot install runs or compiles."""
+    import engine
+
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
+    code = [("the Python interpreter", sys.executable, False), ("tpctl's code", os.path.join(checkout, "engine"), True)]
+    code += [("tpctl's code", os.path.join(checkout, name), True) for name in ("ebpf", "bpf_src")
+             if os.path.isdir(os.path.join(checkout, name))]
+    # the import path at boot: a virtualenv's site-packages whole (pip writes it), the rest by directory;
+    # not the directory tpctl was started from (the boot starts in /)
+    code += [("a directory on Python's import path", entry, entry.startswith(sys.prefix) and sys.prefix != sys.base_prefix)
+             for entry in sys.path if os.path.isabs(entry) and os.path.isdir(entry) and entry != os.getcwd()]
+    if config.ebpf_enabled and config.ebpf_programs_source_path:
+        code.append(("--ebpf-programs-source-path", config.ebpf_programs_source_path, True))
+    for item in config.iptables_executables.split(","):
+        name, _, path = item.partition(":")
+        if path.startswith("/"):
+            code.append((f"--iptables-executables {name}", path, False))
+    return code
+
+
+def untrusted(path: str, whole_tree: bool) -> str | None:
+    """Why `path` is not root's alone: a component (of the path and of what its links resolve
+    to) owned by someone else or writable by group or others; with whole_tree, any entry under
+    it too. None: root's alone."""
+    try:
+        for each in [*_components(path), *_components(os.path.realpath(path))]:
+            problem = _not_roots(each, os.lstat(each))
+            if problem:
+                return problem
+        if whole_tree and os.path.isdir(path):
+            return _tree_problem(os.path.realpath(path))
+    except OSError as err:
+        return f"cannot check it ({err.strerror}: {err.filename})"
+    return None
+
+
+def _components(path: str) -> list[str]:
+    parts = os.path.abspath(path).split(os.sep)[1:]
+    return ["/", *(os.sep + os.path.join(*parts[:depth]) for depth in range(1, len(parts) + 1) if parts[depth - 1])]
+
+
+def _not_roots(path: str, found: os.stat_result) -> str | None:
+    if found.st_uid != 0:
+        return f"{path} belongs to uid {found.st_uid}, not root"
+    if not stat.S_ISLNK(found.st_mode) and found.st_mode & 0o022:  # a link's own mode means nothing
+        return f"{path} is writable by its group or by others (mode {stat.filemode(found.st_mode)})"
+    return None
+
+
+def _tree_problem(top: str) -> str | None:
+    seen = 0
+    for root, dirs, files in os.walk(top, onerror=_raise):
+        for name in (*dirs, *files):
+            seen += 1
+            if seen > TREE_LIMIT:
+                return f"more than {TREE_LIMIT} entries to check"
+            each = os.path.join(root, name)
+            found = os.lstat(each)
+            problem = _not_roots(each, found) or (untrusted(each, False) if stat.S_ISLNK(found.st_mode) else None)
+            if problem:
+                return problem
+    return None
+
+
+def _raise(err: OSError) -> None:
+    raise err

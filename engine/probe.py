@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 
+from engine.config import RESOLV_CONF_LIMIT, read_limited
 from engine.timeouts import bound
 
 XTABLES_DIRS = ("/usr/lib/x86_64-linux-gnu/xtables", "/usr/lib/xtables", "/usr/lib64/xtables",
@@ -142,15 +143,18 @@ def ipv6_addresses(if_inet6: str = "/proc/net/if_inet6") -> tuple[str, ...]:
     return tuple(found)
 
 
-def resolv_conf_servers(path: str) -> tuple[tuple[str, ...], str | None]:
-    """Every `nameserver X` line, in file order (as kumactl reads resolv.conf)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError as err:
-        return (), f"cannot read {path}: {err.strerror}"
+def resolv_conf_servers(path: str | None) -> tuple[tuple[str, ...], str | None]:
+    """Every `nameserver X` line, in file order (as kumactl reads resolv.conf); None: not read.
+    A missing file is a warning (no server to redirect); a FIFO, a device, a directory or a
+    file over RESOLV_CONF_LIMIT is bad input (ConfigError naming --resolv-conf: exit 2)."""
+    if path is None:
+        return (), None
+    if not os.path.exists(path):  # a dangling link too
+        return (), f"cannot read {path}: No such file or directory"
+    text = read_limited(path, f"--resolv-conf {path}", RESOLV_CONF_LIMIT,
+                        "fix: name the resolver's file, e.g. --resolv-conf /etc/resolv.conf")
     servers = []
-    for line in lines:
+    for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 2 and fields[0] == "nameserver":
             try:
@@ -172,7 +176,9 @@ def interfaces() -> tuple[dict, ...]:
                  for link in netlink.links() if link["name"] != "lo")
 
 
-def probe(resolv_conf: str = "/etc/resolv.conf") -> HostFacts:
+def probe(resolv_conf: str | None = None) -> HostFacts:
+    """`resolv_conf`: the file whose name servers DNS redirection needs (Config.dns_servers_file),
+    None when it needs none: then it is not read at all."""
     servers, servers_error = resolv_conf_servers(resolv_conf)
     return HostFacts(
         kernel_release=kernel_release(),

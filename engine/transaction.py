@@ -5,13 +5,15 @@ are undone in reverse order; a failure raises ApplyFailed with the original erro
 rollback did, an interrupt is re-raised once the host is back as it was. An undo that fails too
 is reported, not hidden.
 
-SIGINT and SIGTERM that arrive while a step runs are held until the step has recorded its
-undo: otherwise a signal between "the kernel made the object" and "the undo is recorded" would
-leave the object behind. They are held during the rollback too.
+SIGINT, SIGTERM and SIGHUP (a closed terminal or ssh session) that arrive while a step runs
+are held until the step has recorded its undo: otherwise a signal between "the kernel made the
+object" and "the undo is recorded" would leave the object behind. They are held during the
+rollback too. A held signal cuts a retry's pause short (pause()): the install stops retrying,
+rolls back and exits 128 + the signal.
 
 Two hooks let the tests prove it, named by step:
   TPCTL_FAULT_INJECT=<step>          fail right after the step
-  TPCTL_SIGNAL_IN_STEP=<step>:<INT|TERM>   send this process the signal inside the step, after
+  TPCTL_SIGNAL_IN_STEP=<step>:<INT|TERM|HUP>   send this process the signal inside the step, after
                                      its work and before its undo is recorded (the worst moment)
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -28,7 +31,9 @@ from engine.errors import ApplyFailed
 
 FAULT_ENV = "TPCTL_FAULT_INJECT"
 SIGNAL_ENV = "TPCTL_SIGNAL_IN_STEP"
-HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PAUSE_SLICE = 0.05  # how soon a held signal ends a retry's pause
+_stop_asked = False  # a signal is held: retries stop (a flag, not an Event: handlers must not take locks)
 
 Log = Callable[[str], None]
 
@@ -38,10 +43,12 @@ class InjectedFault(RuntimeError):
 
 
 class Terminated(SystemExit):
-    """SIGTERM as an exception, so that the transaction rolls back before the process ends."""
+    """SIGTERM or SIGHUP as an exception, so that the transaction rolls back before the process
+    ends (with 128 + the signal, as the shell reports a process the signal killed)."""
 
-    def __init__(self) -> None:
-        super().__init__(128 + signal.SIGTERM)
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
 
 
 @dataclass
@@ -65,6 +72,7 @@ class Transaction:
         self._at_end: list[Callable[[], Any]] = []
         self.commit_actions: list[Callable[[], Any]] = []  # run by the caller once the result is kept
         self.rolled_back_cleanly = False  # set by transaction() after a rollback
+        _ask_to_stop(False)
 
     def intend(self) -> None:
         """Write the journal now: the caller has recorded the object it is about to make. Every
@@ -126,6 +134,7 @@ class Transaction:
     def _on_signal(self, signum: int, _frame) -> None:
         if self._holding:
             self._held.append(signum)
+            _ask_to_stop(True)
         else:
             _raise_for(signum)
 
@@ -141,9 +150,26 @@ def _ignoring_result(undo: Callable[[], object]) -> Callable[[Any], object]:
 
 
 def _raise_for(signum: int) -> None:
-    if signum == signal.SIGTERM:
-        raise Terminated()
-    raise KeyboardInterrupt()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt()
+    raise Terminated(signum)
+
+
+def _ask_to_stop(asked: bool) -> None:
+    global _stop_asked
+    _stop_asked = asked
+
+
+def pause(seconds: float) -> bool:
+    """Sleep `seconds` (a retry's pause); False at once when a signal is held for the running
+    transaction: retrying would only delay the rollback the signal asked for."""
+    deadline = time.monotonic() + seconds
+    while not _stop_asked:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(left, PAUSE_SLICE))
+    return False
 
 
 def signal_point(name: str) -> None:

@@ -1,16 +1,16 @@
-"""SIGINT, SIGTERM and SIGKILL inside each install step: the host ends exactly as before.
+"""SIGINT, SIGTERM, SIGHUP and SIGKILL inside each install step: the host ends exactly as before.
 
 The signal is sent by the process to itself inside the step, after the step's kernel call and
 before its undo is recorded or the step is marked done (TPCTL_SIGNAL_IN_STEP): the moment a
-naive transaction leaks the object. SIGINT and SIGTERM must roll back in the process (exit 130,
-143); after SIGKILL only the journal is left, and `tpctl uninstall` or the next install must
+naive transaction leaks the object. SIGINT, SIGTERM and SIGHUP must roll back in the process
+(exit 130, 143, 129); after SIGKILL only the journal is left, and `tpctl uninstall` or the next install must
 remove everything. The steps are the ones a verbose install names, so a new step is covered
 without editing this file. Compared (tests/netns/host_view.py): every iptables table of both
 backends and families, the nft ruleset, cgroup attachments, tc, the bpffs, lo's addresses,
 the state files.
 
-CI gives each step one signal, in turn, and compile and the state record all three; `make
-chaos` (TPCTL_EVERY_SIGNAL=1) every step all three.
+CI gives each step one signal, in turn, and compile and the state record all four; `make
+chaos` (TPCTL_EVERY_SIGNAL=1) every step all four.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ import pytest
 from tests.netns.conftest import add_foreign_rules, install, install_args
 from tests.netns.host_view import host_view
 
-EXIT = {"INT": 130, "TERM": 143, "KILL": -signal.SIGKILL}
-SIGNALS = ("INT", "TERM", "KILL")
+EXIT = {"INT": 130, "TERM": 143, "HUP": 129, "KILL": -signal.SIGKILL}
+SIGNALS = ("INT", "TERM", "HUP", "KILL")
 EVERY_SIGNAL = bool(os.environ.get("TPCTL_EVERY_SIGNAL"))
 ALWAYS_ALL = ("compile", "record the install in the state file")
 
@@ -38,8 +38,8 @@ def steps_of(sandbox, args: list[str]) -> list[str]:
 
 
 def signal_plan(steps: list[str], every_signal: bool = EVERY_SIGNAL) -> list[tuple[str, str]]:
-    """(step, signal) pairs: each step one signal, INT, TERM and KILL in turn (a step named in
-    ALWAYS_ALL, or with every_signal any step, all three); of the many alike load:, pin: and
+    """(step, signal) pairs: each step one signal, INT, TERM, HUP and KILL in turn (a step named
+    in ALWAYS_ALL, or with every_signal any step, all four); of the many alike load:, pin: and
     map: steps the first and the last."""
     kinds: dict[str, list[str]] = {}
     for step in steps:
@@ -122,4 +122,4 @@ def test_the_signal_plan_gives_every_chosen_step_a_signal_and_every_signal_steps
                                                  "pin:m4", "pin:m5", "pin:m6", "pin:m7"}
     assert {sig for s, sig in plan if s == "compile"} == set(SIGNALS)
     assert {sig for _, sig in plan if _ not in ALWAYS_ALL} == set(SIGNALS)
-    assert len(signal_plan(steps, every_signal=True)) == 3 * len({s for s, _ in plan})
+    assert len(signal_plan(steps, every_signal=True)) == len(SIGNALS) * len({s for s, _ in plan})

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import yaml
 
 from engine import config as config_module
 from engine import persist
 from engine import values as v
+from engine.errors import ConfigError
 from engine.options import INSTALL_OPTIONS
 from tests.unit.test_nftables_ruleset import MANY, config
 
@@ -54,14 +56,16 @@ def test_the_unit_installs_at_boot_after_the_network_and_before_kuma_dp():
     for line in ("Type=oneshot", "RemainAfterExit=yes", "TimeoutStartSec=300", "Documentation=https://kuma.io/docs/", "Wants=network-online.target",
                  "After=network-online.target local-fs.target", "Before=kuma-dp.service",
                  "WantedBy=multi-user.target",
-                 "ExecStart=/opt/tpctl/.venv/bin/python -m engine.cli install --config /etc/tpctl/config.yaml "
-                 "--nftables-enabled",
-                 "ExecStop=/opt/tpctl/.venv/bin/python -m engine.cli uninstall --keep-persistence"):
+                 "ExecStart=/opt/tpctl/.venv/bin/python -m engine.cli install --state-dir /run/tpctl "
+                 "--config /etc/tpctl/config.yaml --nftables-enabled",
+                 "ExecStop=/opt/tpctl/.venv/bin/python -m engine.cli uninstall --state-dir /run/tpctl "
+                 "--keep-persistence"):
         assert line in lines, line
 
 
 def test_write_enable_restore_and_remove_touch_only_marked_files(tmp_path, monkeypatch):
     monkeypatch.setenv(persist.ROOT_ENV, str(tmp_path))
+    monkeypatch.delenv("TPCTL_STATE_DIR", raising=False)
     paths = persist.Paths.here()
     assert paths.config == str(tmp_path / "etc/tpctl/config.yaml") and not paths.systemd
     before = persist.write(config(), paths)
@@ -79,3 +83,75 @@ def test_write_enable_restore_and_remove_touch_only_marked_files(tmp_path, monke
     persist.write(config(), paths)
     assert len(persist.remove(paths, dry_run=True)) == 3 and persist.status(paths)["persistent"]
     assert len(persist.remove(paths, dry_run=False)) == 3 and not persist.status(paths)["unit"]
+
+
+def test_the_file_holds_the_resolved_uid_not_a_name_that_may_not_resolve_at_boot():
+    cfg = config(kuma_dp_user=v.ProxyUser(5678, "kuma-dp"))  # kumactl's default user, whether it exists or not
+    assert yaml.safe_load(persist.config_text(cfg))["kumaDPUser"] == "5678"
+
+
+def test_persistence_belongs_to_the_state_dir_its_unit_names(tmp_path, monkeypatch):
+    monkeypatch.setenv(persist.ROOT_ENV, str(tmp_path / "root"))
+    mine, other = persist.Paths.here(str(tmp_path / "mine")), persist.Paths.here(str(tmp_path / "other"))
+    persist.write(config(), mine)
+    assert persist.owner(mine) == persist.owner(other) == str(tmp_path / "mine")
+    unit = open(mine.unit).read()
+    assert f"--state-dir {tmp_path / 'mine'} --config" in unit and f"--state-dir {tmp_path / 'mine'} --keep" in unit
+    assert persist.remove(other, dry_run=False) == [] and persist.status(other)["persistent"]
+    assert "belongs to the install in" in persist.status_line(persist.status(other))
+    assert len(persist.remove(mine, dry_run=False)) == 3 and persist.owner(mine) is None
+    # a unit of an earlier tpctl names no state dir: it installed into the default at boot
+    persist.write(config(), mine)
+    with open(mine.unit, "w") as handle:
+        handle.write(unit.replace(f" --state-dir {tmp_path / 'mine'}", ""))
+    assert persist.owner(mine) == persist.state.DEFAULT_DIR
+
+
+def test_status_says_when_the_persisted_install_is_not_in_place(tmp_path, monkeypatch):
+    monkeypatch.setenv(persist.ROOT_ENV, str(tmp_path / "root"))
+    paths = persist.Paths.here(str(tmp_path / "state"))
+    persist.write(config(), paths)
+    assert persist.status(paths, installed=True)["boot"] is None
+    line = persist.status_line(persist.status(paths, installed=False))
+    assert line.startswith("persistent: yes") and "journalctl -u tpctl.service" in line, line
+    assert persist.status(persist.Paths.here(str(tmp_path / "other")), installed=False)["boot"] is None
+    assert persist.parse_show("Result=exit-code\nActiveState=failed\n") == {"Result": "exit-code",
+                                                                         "ActiveState": "failed"}
+    # where systemd runs, its word: the unit failed (systemctl show, parsed above)
+    monkeypatch.setattr(persist, "unit_state", lambda _paths: {"ActiveState": "failed", "Result": "exit-code"})
+    line = persist.status_line(persist.status(paths, installed=False))
+    assert "boot install failed: see journalctl -u tpctl.service (systemd: Result=exit-code)" in line, line
+
+
+def test_persist_refuses_boot_code_others_can_change(tmp_path):
+    persisted = config(persist=True, ebpf_enabled=True)
+    persist.check_trusted(persisted, str(tmp_path / "state"))  # this checkout and interpreter are root's
+    source = tmp_path / "src"
+    source.mkdir()
+    for cfg in (config(persist=True, ebpf_enabled=True, ebpf_programs_source_path=str(source)),
+                config(persist=True, iptables_executables="iptables:/tmp/iptables")):
+        with pytest.raises(ConfigError, match="--persist: .*(writable by its group or by others|not root)") as err:
+            persist.check_trusted(cfg, str(tmp_path / "state"))
+        assert "fix: " in str(err.value)
+    with pytest.raises(ConfigError, match="--state-dir .* letters, digits"):
+        persist.check_trusted(persisted, "/run/tp ctl%i")
+    persist.check_trusted(config(ebpf_enabled=True, ebpf_programs_source_path="/tmp"), "/tmp")  # no --persist
+
+
+def test_untrusted_names_the_first_path_that_is_not_roots_alone(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "a.h").write_text("")
+    os.chmod(tree / "sub" / "a.h", 0o644)
+    top = str(tree)
+    assert persist._tree_problem(top) is None or os.geteuid() != 0
+    os.chmod(tree / "sub" / "a.h", 0o666)
+    assert "a.h is writable" in persist._tree_problem(top) or os.geteuid() != 0
+    os.chmod(tree / "sub" / "a.h", 0o644)
+    os.symlink("/tmp", tree / "sub" / "link")  # a link in the tree to a directory others may write
+    assert "/tmp is writable" in persist._tree_problem(top) or os.geteuid() != 0
+    os.unlink(tree / "sub" / "link")
+    if os.geteuid() == 0:  # a directory in the tree that another user owns (the case)
+        os.chown(tree / "sub", 5678, 5678)
+        assert "sub belongs to uid 5678, not root" in persist._tree_problem(top)
+    assert "cannot check it (No such file" in persist.untrusted("/nonexistent-tpctl/src", True)
