@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, TypeVar
 
@@ -25,14 +24,16 @@ from engine import netlink
 from engine.config import Config, defaults
 from engine.memo import NONE, Memo
 from engine.probe import HostFacts, kernel_version, mounts, mounts_of_type
+from engine.state import shape_problem
 from engine.transaction import InjectedFault, Step, Transaction, transaction
+from engine.transaction import pause as transaction_pause
 
 Say = Callable[[str], None]
 T = TypeVar("T")
 
 __all__ = ["Check", "Choice", "Config", "EnginePlan", "HostFacts", "InjectedFault", "Memo", "NONE", "RedirectEngine",
            "Say", "Step", "Transaction", "default_of", "dns_servers", "families", "kernel_version", "mounts",
-           "mounts_of_type", "netlink", "retrying", "transaction"]
+           "mounts_of_type", "netlink", "retrying", "shape_problem", "transaction"]
 
 
 def default_of(field_name: str):
@@ -52,14 +53,15 @@ def families(config: Config, facts: HostFacts) -> tuple[tuple[int, ...], str]:
 def retrying(action: Callable[[], T], retries: int, pause: float,
              errors: tuple[type[BaseException], ...]) -> T:
     """`action`, tried again up to `retries` times `pause` seconds apart while it raises one of
-    `errors` (--max-retries, --sleep-between-retries: kumactl's retry of a failed apply)."""
+    `errors` (--max-retries, --sleep-between-retries: kumactl's retry of a failed apply). A
+    signal held by the install's transaction ends the retries: the last error stands, and the
+    transaction rolls back and delivers the signal."""
     for attempt in range(retries + 1):
         try:
             return action()
         except errors:
-            if attempt == retries:
+            if attempt == retries or not transaction_pause(pause):
                 raise
-            time.sleep(pause)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -199,3 +201,10 @@ class RedirectEngine(abc.ABC):
     @abc.abstractmethod
     def leftovers(self, options: dict) -> list[str]:
         """This engine's objects present without a state file (tagged rules, pins, attachments)."""
+
+    def validate_record(self, record: dict) -> str | None:
+        """Why this engine's part of a state or journal record, read back from a file, cannot be
+        used (a key that status, uninstall or apply reads, of another type: shape_problem says
+        which); None when it can. A part that fails is reported with its file and ignored: the
+        engine's uninstall(None) finds its objects by their tags and pins instead."""
+        return None

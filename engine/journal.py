@@ -23,15 +23,25 @@ NAME = state.JOURNAL_NAME
 
 
 def read(directory: str) -> tuple[dict | None, str | None]:
-    record, problem = state.read_json(os.path.join(directory, NAME), "journal")
-    if record is not None and not (isinstance(record.get("installs"), list)
-                                   and all(isinstance(i, dict) for i in record["installs"])):
-        return None, f"the journal {os.path.join(directory, NAME)} has no list of installs"
-    return record, problem
+    """The journal, and why it (or an entry of it) is unusable. A damaged entry is left out and
+    named, never trusted; the others still count."""
+    record, problem = state.read_json(directory, NAME, "journal")
+    path = os.path.join(directory, NAME)
+    if record is None:
+        return None, problem
+    if not isinstance(record.get("installs"), list):
+        return None, f"the journal {path} has no list of installs"
+    if not isinstance(record.get("committed"), bool) or not isinstance(record.get("step"), (str, type(None))):
+        return None, f"the journal {path} has no committed flag or step of the right type"
+    problems = [(number, state.record_problem(entry)) for number, entry in enumerate(record["installs"])]
+    damaged = [f"install {number}: it {why}" for number, why in problems if why]
+    record["installs"] = [entry for (_n, why), entry in zip(problems, record["installs"]) if not why]
+    return record, (f"the journal {path} has entries this tpctl cannot use, left out ({'; '.join(damaged)})"
+                    if damaged else None)
 
 
 def installs(record: dict | None) -> list[dict]:
-    """The state-shaped records the journal names (a damaged entry is skipped, never trusted)."""
+    """The state-shaped records the journal names (read() left the damaged ones out)."""
     return [i for i in (record or {}).get("installs", []) if state.is_install_record(i)]
 
 
@@ -40,7 +50,4 @@ def write(directory: str, committed: bool, step: str | None, records: list[dict]
 
 
 def remove(directory: str) -> None:
-    try:
-        os.unlink(os.path.join(directory, NAME))
-    except FileNotFoundError:
-        pass
+    state.unlink_in(directory, NAME)
