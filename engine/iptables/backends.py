@@ -64,10 +64,10 @@ class Backend:
             raise BackendError(f"{' '.join(command)} failed: {result.stderr.strip()}\ninput was:\n{script}")
 
     def swap_tables(self, family: int, tables: list[TablePlan], going: live.Owned,
-                    recorded: frozenset = frozenset()) -> live.Owned:
+                    claim: live.Claim = live.NO_CLAIM) -> live.Owned:
         """Replace our objects `going` (found in a save just before) by `tables`, one atomic
         commit per table (per family for nf_tables). Returns what was replaced, for the undo.
-        `recorded`: the earlier install's rule texts (finds untagged rules under a lock)."""
+        `claim`: the earlier install's untagged rules (finds them again under a lock)."""
         self.restore(family, live.swap_script(going, plan_coming(tables)))
         return going
 
@@ -75,12 +75,16 @@ class Backend:
         """How a family plan is split into atomic steps: (step label, tables in it), a table each."""
         return [(f"iptables-{self.name} {plan.label} {t.name}", [t]) for t in plan.tables]
 
-    def scaffold_created(self, before: str, after: str, ours: set[tuple[str, str]]) -> dict | None:
-        """What an apply made besides our chains that uninstall must remove once empty (tables,
-        base chains), from the save texts before and after; None: this backend makes none."""
+    def scaffold_view(self, family: int, save_text: str):
+        """What scaffold_created compares before and after an apply; None: this backend makes none."""
         return None
 
-    def scaffold_expected(self, before: str, tables: list[TablePlan]) -> dict | None:
+    def scaffold_created(self, before, after, tables: list[TablePlan]) -> dict | None:
+        """What an apply made besides our chains that uninstall must remove once empty (tables,
+        base chains), from the views before and after; None: this backend makes none."""
+        return None
+
+    def scaffold_expected(self, before, tables: list[TablePlan]) -> dict | None:
         """What applying `tables` will create besides our chains (recorded before it exists)."""
         return None
 
@@ -93,12 +97,17 @@ class NftBackend(Backend):
     name = "nft"
 
     # iptables-nft creates a table and its base chains on first use (nft_scaffold.py)
-    def scaffold_created(self, before: str, after: str, ours: set[tuple[str, str]]) -> dict | None:
+    def scaffold_view(self, family: int, save_text: str):
         from engine.iptables import nft_scaffold
 
-        return nft_scaffold.created(before, after, ours)
+        return nft_scaffold.read(family, save_text)
 
-    def scaffold_expected(self, before: str, tables: list[TablePlan]) -> dict | None:
+    def scaffold_created(self, before, after, tables: list[TablePlan]) -> dict | None:
+        from engine.iptables import nft_scaffold
+
+        return nft_scaffold.created(before, after, tables)
+
+    def scaffold_expected(self, before, tables: list[TablePlan]) -> dict | None:
         from engine.iptables import nft_scaffold
 
         return nft_scaffold.expected(before, tables)
@@ -113,16 +122,16 @@ class LegacyBackend(Backend):
     name = "legacy"
 
     def swap_tables(self, family: int, tables: list[TablePlan], going: live.Owned,
-                    recorded: frozenset = frozenset()) -> live.Owned:
+                    claim: live.Claim = live.NO_CLAIM) -> live.Owned:
         if self.applier == LEGACY_RESTORE:
             # the same rendered plan as the nft path: one atomic restore per table (apply_units)
-            return super().swap_tables(family, tables, going, recorded)
+            return super().swap_tables(family, tables, going, claim)
         # libxtables keeps one global extension registry per process, so python-iptables
         # cannot load e.g. REDIRECT for IPv6 once it has loaded it for IPv4 ("can't find
         # target REDIRECT"). Each family therefore commits from a process of its own, which
         # finds our objects again under the xtables lock (rules are deleted by position there).
         payload = json.dumps({"family": family, "wait": self.wait, "tables": [table_to_json(t) for t in tables],
-                              "save": self.tool(family, "save"), "recorded": sorted(recorded)})
+                              "save": self.tool(family, "save"), "claim": claim_to_json(claim)})
         result = subprocess.run([sys.executable, "-m", "engine.iptables.legacy_commit"], input=payload,
                                 capture_output=True, text=True, timeout=bound(120))
         if result.returncode != 0:
@@ -136,12 +145,23 @@ def plan_coming(tables: list[TablePlan]) -> live.Coming:
 
 
 def owned_to_json(owned: live.Owned) -> dict:
-    return {"rules": [list(r) for r in owned.rules], "chains": [[t, c, list(r)] for t, c, r in owned.chains]}
+    return {"rules": [list(r) for r in owned.rules], "chains": [[t, c, list(r)] for t, c, r in owned.chains],
+            "by_index": sorted(list(x) for x in owned.by_index)}
 
 
 def owned_from_json(data: dict) -> live.Owned:
     return live.Owned(tuple((t, c, int(i), s) for t, c, i, s in data["rules"]),
-                      tuple((t, c, tuple(r)) for t, c, r in data["chains"]))
+                      tuple((t, c, tuple(r)) for t, c, r in data["chains"]),
+                      frozenset((t, c, int(i)) for t, c, i in data.get("by_index", [])))
+
+
+def claim_to_json(claim: live.Claim) -> dict:
+    return {"copies": [[*line, n] for line, n in claim.copies.items()], "inserted": sorted(claim.inserted)}
+
+
+def claim_from_json(data: dict) -> live.Claim:
+    return live.Claim({(t, c, s): int(n) for t, c, s, n in data.get("copies", [])},
+                      frozenset((t, c, s) for t, c, s in data.get("inserted", [])))
 
 
 def commit_table(family: int, plan: TablePlan, going: live.Owned) -> None:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import sys
+from collections import Counter
 from dataclasses import dataclass
 
 from engine.contract import Choice, Config, EnginePlan, dns_servers, retrying
-from engine.iptables import live, nft_scaffold
+from engine.iptables import live, nft_scaffold, ownership
 from engine.iptables.backends import Backend, BackendError, make_backend
 from engine.iptables.builder import FamilyInputs, build_family
 from engine.iptables.rules import FamilyPlan, TablePlan
@@ -77,47 +79,54 @@ def parse_executables(text: str) -> dict[str, str]:
 
 def new_record(the_plan: IptablesPlan, nft_created: dict, firewalld: bool) -> dict:
     """The engine part of State, filled in while the steps run (each object before it exists):
-    rules: family -> [[table, chain, spec]]; chains: family -> [[table, chain]];
+    rules: family -> [[table, chain, spec]], exactly the lines rendered, one entry per copy added;
+    inserted: family -> those of them inserted at a position (-I), not appended;
+    comments: whether the rules carry "tpctl/" comments (False: --disable-comments, or no comment
+    match on the host; only then may the record claim untagged rules, see ownership.py);
+    chains: family -> [[table, chain]];
     nft_created: family -> the nf_tables tables and base chains our applies created (nft_scaffold)."""
-    return {"backend": the_plan.backend, "applier": the_plan.applier, "rules": {}, "chains": {},
-            "nft_created": nft_created, "firewalld": firewalld}
+    comments = any(r.comment is not None for f in the_plan.families for t in f.tables for r in t.rules)
+    return {"backend": the_plan.backend, "applier": the_plan.applier, "rules": {}, "inserted": {},
+            "comments": comments, "chains": {}, "nft_created": nft_created, "firewalld": firewalld}
 
 
 def install_steps(tx: Transaction, config: Config, the_plan: IptablesPlan, record: dict,
-                  replaced: dict[int, set]) -> list[Step]:
+                  replaced: dict[int, live.Claim]) -> list[Step]:
     """One step per table of the plan, each swapping the earlier install's objects in it (and
     tagged leftovers) for the new ones in the same commit, then one for each table only the
-    earlier install used. `replaced`: the earlier install's rule texts per family (recorded_lines)."""
+    earlier install used, in every family: an IPv4-only install replacing a dualstack one empties
+    the IPv6 tables too. `replaced`: what the earlier install may claim per family (claims)."""
     backend = make_backend(the_plan.backend, config.wait, parse_executables(config.iptables_executables),
                            the_plan.applier)
+    planned_families = {f.family: f for f in the_plan.families}
     steps: list[Step] = []
-    for fam_plan in the_plan.families:
+    for fam_plan in [*the_plan.families, *(FamilyPlan(f) for f in (4, 6) if f not in planned_families)]:
         planned = {t.name for t in fam_plan.tables}
+        claim = replaced.get(fam_plan.family, live.NO_CLAIM)
         units = backend.apply_units(fam_plan)
         # tables only the earlier install used: emptied, a commit each, once the new rules are in
-        others = [TablePlan(name, (), ()) for name in _tables_holding_ours(backend, fam_plan.family,
-                                                                             replaced.get(fam_plan.family, set()))
+        others = [TablePlan(name, (), ()) for name in _tables_holding_ours(backend, fam_plan.family, claim)
                   if name not in planned]
         units += [(f"iptables-{backend.name} {fam_plan.label} {t.name}: remove the earlier install's rules", [t])
                   for t in others]
         for label, tables in units:
-            steps.append(_apply_step(tx, config, backend, fam_plan.family, label, tables, record,
-                                     frozenset(replaced.get(fam_plan.family, set()))))
+            steps.append(_apply_step(tx, config, backend, fam_plan.family, label, tables, record, claim))
     return steps
 
 
-def _tables_holding_ours(backend: Backend, family: int, recorded: set) -> list[str]:
+def _tables_holding_ours(backend: Backend, family: int, claim: live.Claim) -> list[str]:
     try:
-        owned = live.find_owned(live.parse_save(backend.save(family)), recorded)
+        owned = live.find_owned(live.parse_save(backend.save(family)), claim)
     except BackendError:
         return []
     return sorted({t for t, _c, _i, _s in owned.rules} | {t for t, _c, _r in owned.chains})
 
 
-def replace_steps(wait: int, recorded: dict[int, set], backends: tuple[str, ...] = ("legacy", "nft")) -> list[Step]:
+def replace_steps(wait: int, record: dict | None, backends: tuple[str, ...] = ("legacy", "nft")) -> list[Step]:
     """Steps that remove earlier tpctl rules (in either backend), each undone by restoring them.
-    `recorded`: the previous install's rule texts per family (see recorded_lines)."""
-    return [_replace_previous(other, family, owned) for other, family, owned in owned_everywhere(wait, recorded, backends)]
+    `record`: the previous install's iptables record (what it may claim, in its backend)."""
+    found = owned_everywhere(wait, claims(record), backends, claims_in=(record or {}).get("backend"))
+    return [_replace_previous(other, family, owned) for other, family, owned in found]
 
 
 def available_backends(wait: int, names: tuple[str, ...] = ("legacy", "nft")) -> list[Backend]:
@@ -133,12 +142,16 @@ def available_backends(wait: int, names: tuple[str, ...] = ("legacy", "nft")) ->
     return found
 
 
-def owned_everywhere(wait: int, recorded: dict[int, set] | None = None, names: tuple[str, ...] = ("legacy", "nft")):
-    """Yield (backend, family, our objects) wherever tpctl objects exist, in both backends."""
+def owned_everywhere(wait: int, claims: dict[int, live.Claim] | None = None,
+                     names: tuple[str, ...] = ("legacy", "nft"), claims_in: str | None = None):
+    """Yield (backend, family, our objects) wherever tpctl objects exist, in both backends.
+    `claims`: untagged rules an install record may claim, in the backend `claims_in` (its own;
+    None: either), since its copies are where it put them."""
     for backend in available_backends(wait, names):
         for family in (4, 6):
+            claim = (claims or {}).get(family, live.NO_CLAIM) if claims_in in (None, backend.name) else live.NO_CLAIM
             try:
-                owned = live.find_owned(live.parse_save(backend.save(family)), (recorded or {}).get(family, set()))
+                owned = live.find_owned(live.parse_save(backend.save(family)), claim)
             except BackendError:
                 continue
             if owned:
@@ -152,45 +165,41 @@ def _replace_previous(backend: Backend, family: int, owned: live.Owned) -> Step:
 
 
 def _apply_step(tx: Transaction, config: Config, backend: Backend, family: int, label: str, tables,
-                record: dict, replaced: frozenset) -> Step:
+                record: dict, claim: live.Claim) -> Step:
     names = {t.name for t in tables}
     fam = str(family)
     ours = {(t.name, c) for t in tables for c in t.chains}
-    planned = {(t.name, r.chain, r.spec()) for t in tables for r in t.rules}
+    rendered = [(t.name, r.chain, r.spec()) for t in tables for r in t.rules]
+    inserted = [(t.name, r.chain, r.spec()) for t in tables for r in t.rules if r.position is not None]
     before: dict = {}
 
     def do():
         before_text = backend.save(family)
-        tables_before = live.parse_save(before_text)
-        before["lines"] = _all_lines(tables_before, names)
-        going = live.find_owned(tables_before, replaced, only_tables=names)
-        rules = record["rules"].setdefault(fam, [])
-        chains = record["chains"].setdefault(fam, [])
+        view = backend.scaffold_view(family, before_text)
+        going = live.find_owned(live.parse_save(before_text), claim, only_tables=names)
         prior_scaffold = record["nft_created"].get(fam)
-        # Recorded before the kernel call (the journal): the rules as rendered (their tags find
-        # them too), our chains, and the tables and base chains this apply will create.
-        rendered = [list(x) for x in sorted(planned) if list(x) not in rules]
-        rules.extend(rendered)
+        # Recorded before the kernel call (the journal): exactly the lines this step renders, one
+        # entry per copy (the kernel prints them so: tests/netns/test_lifecycle.py), never a diff
+        # of two saves, which would count another tool's rule added meanwhile as ours.
+        record["rules"].setdefault(fam, []).extend(list(x) for x in rendered)
+        record["inserted"].setdefault(fam, []).extend(list(x) for x in inserted)
+        chains = record["chains"].setdefault(fam, [])
         chains.extend([t, c] for t, c in sorted(ours) if [t, c] not in chains)
-        expected = backend.scaffold_expected(before_text, tables)
+        expected = backend.scaffold_expected(view, tables)
         if expected is not None:
             record["nft_created"][fam] = nft_scaffold.merge(prior_scaffold, expected)
         tx.intend()
-        before["going"] = retrying(lambda: backend.swap_tables(family, tables, going, replaced),
+        before["going"] = retrying(lambda: backend.swap_tables(family, tables, going, claim),
                                    config.max_retries, config.sleep_between_retries, (BackendError,))
-        # Record what the kernel now reports, not what we rendered: status compares like with like.
-        after_text = backend.save(family)
-        added = _all_lines(live.parse_save(after_text), names) - (before["lines"] - before["going"].lines())
-        rules[:] = [r for r in rules if r not in rendered] + [[t, c, s] for t, c, s in sorted(added)]
-        created = backend.scaffold_created(before_text, after_text, ours)
-        if created is not None:
+        if view is not None:
+            created = backend.scaffold_created(view, backend.scaffold_view(family, backend.save(family)), tables)
             before["created"] = created
             record["nft_created"][fam] = nft_scaffold.merge(prior_scaffold, created)
 
     def undo():
         # the earlier install's objects back in the same commit that takes the new ones out
-        recorded = {tuple(x) for x in record["rules"].get(fam, [])} | planned
-        owned = live.find_owned(live.parse_save(backend.save(family)), recorded, only_tables=names)
+        mine = ownership.own(rendered, inserted)
+        owned = live.find_owned(live.parse_save(backend.save(family)), mine, only_tables=names)
         backend.restore(family, live.swap_script(owned, live.coming_of(before.get("going", live.Owned((), ())))))
         # only what this step created: tables a replaced install created stay for its rules
         backend.remove_scaffold(family, before.get("created"))
@@ -198,30 +207,51 @@ def _apply_step(tx: Transaction, config: Config, backend: Backend, family: int, 
     return Step(label, do, undo)
 
 
-def _all_lines(tables: dict, names: set[str]) -> set:
-    return {(t.name, c, s) for t in tables.values() if t.name in names for c, s in t.rules}
+def claims(record: dict | None) -> dict[int, live.Claim]:
+    """What an install record (its iptables part) may claim, per family, beyond tagged objects."""
+    return {family: ownership.claim_of(record, family) for family in (4, 6)}
 
 
-def recorded_lines(record: dict | None) -> dict[int, set]:
-    """The rule texts an install recorded, per family (its iptables record)."""
-    out: dict[int, set] = {4: set(), 6: set()}
-    for family, lines in ((record or {}).get("rules", {}) or {}).items():
-        out[int(family)] = {tuple(x) for x in lines}
-    return out
+def refused_lines(found: dict[int, live.Claim]) -> list[str]:
+    """The record's lines that are not tpctl's to delete, as the warnings uninstall prints."""
+    return [f"tpctl: the install record names IPv{family} {t}: -A {c} {s}, which carries no tpctl tag and is "
+            "not a rule tpctl renders: left alone" for family, claim in sorted(found.items())
+            for t, c, s in claim.refused]
 
 
-def uninstall(record: dict | None, wait: int = 5, dry_run: bool = False) -> list[str]:
+# Copies of untagged rules this process deleted already, per (backend, family, line): lifecycle
+# hands uninstall every record of the same installs (the state file's, the journal's) one by one,
+# and two records of one install must not delete two copies (a twin another tool made).
+_DELETED: Counter = Counter()
+
+
+def _not_deleted_yet(backend: str, family: int, claim: live.Claim) -> live.Claim:
+    copies = {line: n - _DELETED[(backend, family, line)] for line, n in claim.copies.items()}
+    return live.Claim({line: n for line, n in copies.items() if n > 0}, claim.inserted, claim.refused)
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def uninstall(record: dict | None, wait: int = 5, dry_run: bool = False, say=None) -> list[str]:
     """Remove our rules and chains from every backend and family; return what was removed.
-    `record`: the install's iptables record, or None (then tags alone find them)."""
-    recorded = recorded_lines(record)
+    `record`: the install's iptables record, or None (then tags alone find them); `say`: where
+    the record's refused lines are reported."""
+    found = claims(record)
+    for warning in refused_lines(found):
+        (say or _to_stderr)(warning)
+    mine = str((record or {}).get("backend", "nft"))
+    found = {family: _not_deleted_yet(mine, family, claim) for family, claim in found.items()}
     report = []
     going: dict[int, live.Owned] = {}  # what a dry run leaves in the scaffold's backend, counted as gone
     scaffold_backend = make_backend("nft", wait)  # the only backend with a scaffold (nft_created)
-    for backend, family, owned in owned_everywhere(wait, recorded):
+    for backend, family, owned in owned_everywhere(wait, found, claims_in=mine):
         report += [f"{backend.name} IPv{family} {t}: -D {c} {s}" for t, c, _i, s in owned.rules]
         report += [f"{backend.name} IPv{family} {t}: -X {c}" for t, c, _r in owned.chains]
         if not dry_run:
             backend.restore(family, live.removal_script(owned))
+            _DELETED.update((backend.name, family, (t, c, s)) for t, c, _i, s in owned.rules if not live.is_tagged(c, s))
         elif backend.name == scaffold_backend.name:
             going[family] = owned
     for family, created in sorted((record or {}).get("nft_created", {}).items()):
@@ -241,15 +271,16 @@ def drift(record: dict) -> list[str]:
     """Differences between what install recorded (its iptables record) and the kernel now."""
     backend = make_backend(record.get("backend", "nft"), 5)
     problems = []
-    recorded = recorded_lines(record)
+    found = claims(record)
     for family_text, chains in record.get("chains", {}).items():
         family = int(family_text)
+        recorded = {tuple(x) for x in (record.get("rules") or {}).get(family_text, [])}
         tables = live.parse_save(backend.save(family))
-        owned = live.find_owned(tables, recorded[family])
+        owned = live.find_owned(tables, found[family])
         present = owned.lines()
-        for line in sorted(recorded[family] - present):
+        for line in sorted(recorded - present):
             problems.append(f"IPv{family} {line[0]}: missing rule -A {line[1]} {line[2]}")
-        for line in sorted(present - recorded[family]):
+        for line in sorted(present - recorded):
             problems.append(f"IPv{family} {line[0]}: unexpected tpctl rule -A {line[1]} {line[2]}")
         live_chains = {(t, c) for t, c, _r in owned.chains}
         for table, chain in chains:

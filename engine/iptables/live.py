@@ -1,13 +1,14 @@
 """The rules as the kernel has them (iptables-save text), and which of them are ours.
 
 Ours means: a chain named TPCTL_*, a rule tagged with a "tpctl/" comment or jumping to a
-TPCTL_ chain, or a rule whose exact text install recorded in State (the only way to find our
-rules when --disable-comments was used). Nothing else is ever touched.
+TPCTL_ chain (every copy: the tag is the proof), or an untagged copy of a rule tpctl rendered
+without comments that the install record may claim (ownership.py: only that many copies, the
+ones tpctl placed). Nothing else is ever touched.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
 from engine.iptables.rules import CHAIN_PREFIX, COMMENT_PREFIX
@@ -59,12 +60,41 @@ def is_tagged(chain: str, spec: str) -> bool:
             or re.search(rf"-j {CHAIN_PREFIX}\w+", spec) is not None)
 
 
+Line = tuple[str, str, str]  # (table, chain, spec) as iptables-save prints it
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The untagged lines of one family an install record may claim (ownership.claim): how many
+    copies it added of each, which of them it inserted (the first copies, else the last), and
+    what the record named that it may not claim (reported, left alone)."""
+
+    copies: Mapping[Line, int] = field(default_factory=dict)
+    inserted: frozenset[Line] = frozenset()
+    refused: tuple[Line, ...] = ()
+
+    def pick(self, positions: Mapping[Line, list[int]]) -> set[int]:
+        """Of identical lines in one chain (line -> 1-based positions), the positions claimed."""
+        chosen: set[int] = set()
+        for line, where in positions.items():
+            count = self.copies.get(line, 0)
+            if count > 0:
+                chosen |= set(where[:count] if line in self.inserted else where[-count:])
+        return chosen
+
+
+NO_CLAIM = Claim()
+
+
 @dataclass(frozen=True)
 class Owned:
-    """Our objects in one family: rules in other chains (with their 1-based index) and our chains."""
+    """Our objects in one family: rules in other chains (with their 1-based index) and our chains.
+    `by_index`: (table, chain, index) of rules an identical foreign rule precedes, which a
+    deletion by text would miss (it deletes the first match): these go by position."""
 
     rules: tuple[tuple[str, str, int, str], ...]  # (table, chain, index, spec)
     chains: tuple[tuple[str, str, tuple[str, ...]], ...]  # (table, chain, its rules)
+    by_index: frozenset[tuple[str, str, int]] = frozenset()
 
     def __bool__(self) -> bool:
         return bool(self.rules or self.chains)
@@ -75,9 +105,13 @@ class Owned:
         return out
 
 
-def find_owned(tables: dict[str, LiveTable], recorded: Set[tuple[str, str, str]] = frozenset(),
+def find_owned(tables: dict[str, LiveTable], claim: Claim | Set[Line] = NO_CLAIM,
                only_tables: set[str] | None = None) -> Owned:
-    rules, chains = [], []
+    """Our objects in these tables: every tagged one, and the untagged copies `claim` owns (a
+    plain set of lines claims one copy of each)."""
+    if not isinstance(claim, Claim):
+        claim = Claim({line: 1 for line in claim})
+    rules, chains, by_index = [], [], set()
     for table in tables.values():
         if only_tables is not None and table.name not in only_tables:
             continue
@@ -85,17 +119,33 @@ def find_owned(tables: dict[str, LiveTable], recorded: Set[tuple[str, str, str]]
             if chain.startswith(CHAIN_PREFIX):
                 chains.append((table.name, chain, tuple(table.chain_rules(chain))))
                 continue
-            for index, spec in enumerate(table.chain_rules(chain), start=1):
-                if is_tagged(chain, spec) or (table.name, chain, spec) in recorded:
+            specs = table.chain_rules(chain)
+            positions: dict[Line, list[int]] = {}
+            for index, spec in enumerate(specs, start=1):
+                positions.setdefault((table.name, chain, spec), []).append(index)
+            claimed = claim.pick({line: where for line, where in positions.items() if line in claim.copies})
+            for index, spec in enumerate(specs, start=1):
+                if is_tagged(chain, spec) or index in claimed:
                     rules.append((table.name, chain, index, spec))
-    return Owned(tuple(rules), tuple(chains))
+                    if index in claimed and positions[(table.name, chain, spec)][0] != index:
+                        by_index.add((table.name, chain, index))
+    return Owned(tuple(rules), tuple(chains), frozenset(by_index))
+
+
+def deletions(owned: Owned, table: str) -> list[str]:
+    """The -D lines of our rules in one table's other chains: by position first, last first, so
+    each position still counts the rules as saved; then by text (the first match is ours)."""
+    rules = [r for r in owned.rules if r[0] == table]
+    positional = sorted((r for r in rules if r[:3] in owned.by_index), key=lambda r: (r[1], -r[2]))
+    return ([f"-D {c} {i}" for _t, c, i, _s in positional]
+            + [f"-D {c} {s}" for t, c, i, s in rules if (t, c, i) not in owned.by_index])
 
 
 def removal_script(owned: Owned) -> str:
     """iptables-restore --noflush input that deletes exactly our objects."""
     by_table: dict[str, list[str]] = {}
-    for table, chain, _index, spec in owned.rules:
-        by_table.setdefault(table, []).append(f"-D {chain} {spec}")
+    for table in dict.fromkeys(t for t, _c, _i, _s in owned.rules):
+        by_table[table] = deletions(owned, table)
     for table, chain, _specs in owned.chains:  # flush all first: our chains jump to each other
         by_table.setdefault(table, []).append(f"-F {chain}")
     for table, chain, _specs in owned.chains:
@@ -138,7 +188,7 @@ def swap_script(going: Owned, coming: Coming) -> str:
         old_chains = [c for t, c, _r in going.chains if t == table]
         lines = [f"*{table}"]
         lines += [f":{c} - [0:0]" for c in dict.fromkeys([*new_chains, *old_chains])]
-        lines += [f"-D {c} {s}" for t, c, _i, s in going.rules if t == table]
+        lines += deletions(going, table)
         lines += [f"-X {c}" for c in old_chains if c not in new_chains]
         lines += list(new_lines)
         if len(lines) > 1:

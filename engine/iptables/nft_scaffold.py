@@ -15,32 +15,69 @@ from collections import Counter
 
 from engine.iptables import live
 from engine.iptables.backends import BackendError
+from engine.iptables.rules import BUILTIN_CHAINS
 from engine.timeouts import bound
 
 NFT_FAMILY = {4: "ip", 6: "ip6"}
 
 
-def scaffold(save_text: str) -> tuple[set[str], set[tuple[str, str]]]:
-    """Tables and chains that iptables-nft-save reports."""
+Scaffold = tuple[frozenset[str], frozenset[tuple[str, str]]]  # (tables, (table, chain))
+
+
+def from_save(save_text: str) -> Scaffold:
+    """Tables and chains as iptables-nft-save reports them. It prints every built-in chain of a
+    table that exists, also those nf_tables does not have (see read)."""
     tables = live.parse_save(save_text)
-    return set(tables), {(t.name, c) for t in tables.values() for c in t.chains}
+    return frozenset(tables), frozenset((t.name, c) for t in tables.values() for c in t.chains)
 
 
-def created(before: str, after: str, ours: set[tuple[str, str]]) -> dict:
-    """What the apply added besides our own chains: {"tables": [...], "chains": [[table, chain]]}."""
-    tables_before, chains_before = scaffold(before)
-    tables_after, chains_after = scaffold(after)
-    return {"tables": sorted(tables_after - tables_before),
-            "chains": sorted([t, c] for t, c in chains_after - chains_before - ours)}
+def read(family: int, save_text: str) -> Scaffold:
+    """The tables and chains nf_tables really holds in this family, as nft lists them: a table
+    another tool made with only an OUTPUT chain has no PREROUTING until our rules need one, and
+    that chain is then install's to remove. Without the nft tool: the save text's view."""
+    try:
+        tables = _nft("-j", "list", "tables", NFT_FAMILY[family])
+        chains = _nft("-j", "list", "chains", NFT_FAMILY[family])
+    except BackendError:
+        return from_save(save_text)
+    if tables.returncode != 0 or chains.returncode != 0:
+        return from_save(save_text)
+    names = frozenset(o["table"]["name"] for o in _objects(tables.stdout) if "table" in o)
+    return names, frozenset((o["chain"]["table"], o["chain"]["name"]) for o in _objects(chains.stdout) if "chain" in o)
 
 
-def expected(before: str, tables) -> dict:
-    """What applying these TablePlans will create: the tables not there yet and the base chains
-    our rules hook into that are not there yet (recorded before the apply; created() after)."""
-    tables_before, chains_before = scaffold(before)
-    base = {(t.name, r.chain) for t in tables for r in t.rules if r.chain not in t.chains}
-    return {"tables": sorted({t.name for t in tables} - tables_before),
-            "chains": sorted([t, c] for t, c in base - chains_before)}
+def _objects(text: str) -> list[dict]:
+    try:
+        return [o for o in json.loads(text).get("nftables", []) if isinstance(o, dict)]
+    except (ValueError, AttributeError):
+        return []
+
+
+def _hooks(tables) -> set[tuple[str, str]]:
+    """The base chains our rules go into (TablePlans: chains not of our own)."""
+    return {(t.name, r.chain) for t in tables for r in t.rules if r.chain not in t.chains}
+
+
+def _ours_if_new(tables, new_tables: set[str]) -> set[tuple[str, str]]:
+    """The base chains that are install's when they appear: those our rules go into, and in a
+    table install creates every built-in one (some iptables-nft versions make them all at once)."""
+    return _hooks(tables) | {(t, c) for t in new_tables for c in BUILTIN_CHAINS.get(t, ())}
+
+
+def created(before: Scaffold, after: Scaffold, tables) -> dict:
+    """What applying these TablePlans added besides our own chains: {"tables": [...], "chains":
+    [[table, chain]]}, never more than they needed (what another tool made meanwhile is not ours)."""
+    new_tables = set((after[0] - before[0]) & {t.name for t in tables})
+    return {"tables": sorted(new_tables),
+            "chains": sorted([t, c] for t, c in (after[1] - before[1]) & _ours_if_new(tables, new_tables))}
+
+
+def expected(before: Scaffold, tables) -> dict:
+    """What applying these TablePlans may create: the tables not there yet and the base chains
+    that would then be install's (recorded before the apply; created() after)."""
+    new_tables = {t.name for t in tables} - before[0]
+    return {"tables": sorted(new_tables),
+            "chains": sorted([t, c] for t, c in _ours_if_new(tables, new_tables) - before[1])}
 
 
 def merge(*records: dict | None) -> dict:

@@ -50,7 +50,7 @@ class IptablesEngine(RedirectEngine):
         self._remove(tx, config, record, ("legacy", "nft"))
 
     def _remove(self, tx: Transaction, config: Config, record: dict | None, backends: tuple[str, ...]) -> None:
-        tx.run(iptables.replace_steps(config.wait, iptables.recorded_lines(record), backends))
+        tx.run(iptables.replace_steps(config.wait, record, backends))
         # the nf_tables tables and base chains it created go too once empty (an iptables-nft
         # install inherits them instead). No undo: the removal steps' undo puts the rules back,
         # and iptables-nft-restore remakes the tables.
@@ -67,11 +67,15 @@ class IptablesEngine(RedirectEngine):
         same_backend = (previous or {}).get("backend") == plan.backend
         record.update(iptables.new_record(plan, dict((previous or {}).get("nft_created", {})) if same_backend else {},
                                           firewalld=config.store_firewalld))
-        tx.run(iptables.install_steps(tx, config, plan, record, iptables.recorded_lines(previous)))
+        tx.run(iptables.install_steps(tx, config, plan, record, iptables.claims(previous)))
         other = tuple(b for b in ("legacy", "nft") if b != plan.backend)
         self._remove(tx, config, previous if not same_backend else None, other)
         if config.store_firewalld:
             tx.run([_firewalld_step(plan)])
+
+    def validate_record(self, part: dict) -> str | None:
+        """Why this engine's part of an install record cannot be used (state.record_problem)."""
+        return record_problem(part)
 
     def installed_line(self, plan: EnginePlan, record: dict) -> str:
         assert isinstance(plan, IptablesPlan)
@@ -79,7 +83,7 @@ class IptablesEngine(RedirectEngine):
                 f"{', '.join(f.label for f in plan.families)})")
 
     def uninstall(self, record: dict | None, options: dict, dry_run: bool, say: Say) -> list[str]:
-        removed = iptables.uninstall(record, dry_run=dry_run)
+        removed = iptables.uninstall(record, dry_run=dry_run, say=say)
         if (record or {}).get("firewalld") or record is None:
             path = None if dry_run else firewalld.remove_ours()
             if path:
@@ -108,6 +112,35 @@ class IptablesEngine(RedirectEngine):
     def leftovers(self, options: dict) -> list[str]:
         return [f"{backend.name} IPv{family} chain {c}"
                 for backend, family, owned in iptables.owned_everywhere(5) for _t, c, _r in owned.chains]
+
+
+def _lines_problem(value: object, width: int, where: str) -> str | None:
+    """Family -> [[text, ...]] with `width` texts per entry (rules, inserted, chains)."""
+    if not isinstance(value, dict):
+        return f"{where} is not a record"
+    for family, lines in value.items():
+        if family not in ("4", "6") or not isinstance(lines, list):
+            return f"{where}.{family} is not a family's list"
+        if not all(isinstance(x, list) and len(x) == width and all(isinstance(t, str) for t in x) for x in lines):
+            return f"{where}.{family} holds an entry that is not {width} texts"
+    return None
+
+
+def record_problem(part: dict) -> str | None:
+    """The shape every install of this engine writes (new_record); None when it matches."""
+    if part.get("backend") not in ("legacy", "nft"):
+        return f"backend {part.get('backend')!r} is neither legacy nor nft"
+    for key, width in (("rules", 3), ("inserted", 3), ("chains", 2)):
+        why = _lines_problem(part.get(key, {}), width, key)
+        if why:
+            return why
+    for key in ("comments", "firewalld"):
+        if key in part and not isinstance(part[key], bool):
+            return f"{key} is not true or false"
+    created = part.get("nft_created", {})
+    if not isinstance(created, dict) or not all(isinstance(v, dict) for v in created.values()):
+        return "nft_created is not a record of records"
+    return None
 
 
 def _firewalld_step(plan: IptablesPlan) -> Step:

@@ -1,5 +1,6 @@
 """What install records of the nf_tables scaffold iptables-nft made (pure: save texts in, lists out)."""
 from engine.iptables import live, nft_scaffold
+from engine.iptables.rules import Rule, TablePlan
 
 BEFORE = """*filter
 :INPUT ACCEPT [0:0]
@@ -16,13 +17,38 @@ COMMIT
 """
 
 
+NAT = TablePlan("nat", ("TPCTL_OUTBOUND",), (Rule("OUTPUT", "TPCTL_OUTBOUND", protocol="tcp"),
+                                              Rule("PREROUTING", "RETURN", protocol="tcp")))
+
+
 def test_created_names_new_tables_and_base_chains_but_not_ours_or_what_was_there():
-    created = nft_scaffold.created(BEFORE, AFTER, ours={("nat", "TPCTL_OUTBOUND")})
+    created = nft_scaffold.created(nft_scaffold.from_save(BEFORE), nft_scaffold.from_save(AFTER), [NAT])
     assert created == {"tables": ["nat"], "chains": [["nat", "OUTPUT"], ["nat", "PREROUTING"]]}
 
 
 def test_nothing_is_created_when_everything_was_there():
-    assert nft_scaffold.created(AFTER, AFTER, ours=set()) == {"tables": [], "chains": []}
+    after = nft_scaffold.from_save(AFTER)
+    assert nft_scaffold.created(after, after, [NAT]) == {"tables": [], "chains": []}
+
+
+def test_what_another_tool_creates_meanwhile_is_not_recorded_as_ours():
+    # a chain our rules do not use, and a table not in the plan, appearing between the two views
+    after = nft_scaffold.from_save(AFTER + "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n*mangle\n:INPUT ACCEPT [0:0]\nCOMMIT\n")
+    before = (nft_scaffold.from_save(BEFORE)[0] - {"filter"}, nft_scaffold.from_save(BEFORE)[1])
+    assert nft_scaffold.created(before, after, [NAT]) == {"tables": ["nat"],
+                                                          "chains": [["nat", "OUTPUT"], ["nat", "PREROUTING"]]}
+
+
+def test_expected_counts_only_the_chains_nf_tables_really_has():
+    # iptables-nft-save prints PREROUTING for a raw table that nft shows with OUTPUT only
+    raw = TablePlan("raw", (), (Rule("PREROUTING", "CT", protocol="udp"),))
+    view = (frozenset({"raw"}), frozenset({("raw", "OUTPUT")}))
+    assert nft_scaffold.expected(view, [raw]) == {"tables": [], "chains": [["raw", "PREROUTING"]]}
+    assert nft_scaffold.expected(nft_scaffold.from_save("*raw\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"), [raw]) == {
+        "tables": [], "chains": []}
+    # a table install creates is install's with every built-in chain iptables-nft may make in it
+    assert nft_scaffold.expected((frozenset(), frozenset()), [raw]) == {
+        "tables": ["raw"], "chains": [["raw", "OUTPUT"], ["raw", "PREROUTING"]]}
 
 
 def test_merge_keeps_what_earlier_installs_created():
