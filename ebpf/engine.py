@@ -23,7 +23,7 @@ from .catalogue import (
 from .compile import sources_for, take_compiled
 from .errors import EbpfApplyError, EbpfError, EbpfLoadError
 from .load import load_program
-from .maps import LAYOUTS, TypedMap
+from .maps import DROPS_MAP, LAYOUTS, TypedMap, read_drops
 from .plan import Attachment, EbpfPlan, EbpfPlanError, MapWrite, plan
 from .probe import Check, feature_checks
 from .settings import EbpfSettings
@@ -52,7 +52,7 @@ def apply(p: EbpfPlan, tx: Transaction | None = None, record: dict | None = None
     # every kernel call below is a step of tx, with its undo, and is in the record before it runs
     record["bpffs_mounted_by_us"] = not pins.is_bpffs(s.bpffs_path)
     record["bpffs_mounted_by_us"] = tx.step(
-        "mount-bpffs", lambda: pins.mount_bpffs(s.bpffs_path),
+        "mount-bpffs", lambda: _mount_bpffs(tx, s.bpffs_path, record),
         lambda mounted: pins.umount(s.bpffs_path) if mounted else None)
     tx.step("pin-dir", lambda: os.makedirs(p.pin_dir, exist_ok=False),
             lambda _: os.rmdir(p.pin_dir))
@@ -73,6 +73,15 @@ def apply(p: EbpfPlan, tx: Transaction | None = None, record: dict | None = None
     tx.step("meta", lambda: TypedMap(META_MAP, _map_fd(bpf, META_MAP)).put(0, meta))
     tx.at_end(bpf.cleanup)  # our fds, once the install is kept or undone; pins and attachments hold the rest
     return record
+
+
+def _mount_bpffs(tx: Transaction, path: str, record: dict) -> bool:
+    """Mount the bpffs and journal which mount it is at once: uninstall unmounts only that one."""
+    mounted = pins.mount_bpffs(path)
+    if mounted:
+        record["bpffs_mount"] = pins.mount_identity(path)
+        tx.intend()
+    return mounted
 
 
 def _map_fd(bpf, name: str) -> int:
@@ -173,7 +182,11 @@ def _open_pinned(bpffs_path: str) -> tuple[dict, dict]:
         except OSError:
             continue
         if kind == "prog":
-            progs[name] = (fd, libbpf.prog_info(fd)["id"])
+            info = libbpf.prog_info(fd)
+            if info["name"] != name.removesuffix(pins.NEXT)[:15]:  # the kernel keeps 15 characters
+                os.close(fd)
+                continue
+            progs[name] = (fd, info["id"])
         elif kind == "map":
             maps[name] = fd
     return progs, maps
@@ -188,34 +201,32 @@ def _read_meta(maps: dict) -> dict | None:
 
 def uninstall(bpffs_path: str, record: dict | None, cgroup_path: str | None,
               warn=lambda line: None) -> list[str]:
+    """Remove what the pins under <bpffs>/tpctl prove is ours: the record only says where to
+    look; a program, filter or mount it names that no pin proves is said and left alone."""
     removed: list[str] = []
+    problem = pins.pin_dir_problem(bpffs_path)
+    if problem:
+        warn(f"tpctl: warning: {problem}")
     progs, maps = _open_pinned(bpffs_path)
     try:
-        if record:
-            for name, prog_id in record.get("prog_ids", {}).items():
-                if name not in progs:
-                    try:
-                        progs[name] = (libbpf.prog_fd_by_id(prog_id), prog_id)
-                    except OSError:
-                        pass
+        _say_unproven_programs(record, progs, bpffs_path, warn)
         meta = _read_meta(maps) or {}
         cgroups = {cgroup_path, meta.get("cgroup_path")}
         cgroups |= {a.get("cgroup_path") for a in (record or {}).get("attachments", [])}
         for cg in sorted(c for c in cgroups if c and os.path.isdir(c)):
             removed += _detach_cgroup(cg, progs)
-        if "tp_sk_msg" in progs and SOCKHASH_MAP in maps:
-            try:
-                libbpf.prog_detach(progs["tp_sk_msg"][0], maps[SOCKHASH_MAP], ATTACH_SK_MSG_VERDICT)
-                removed.append("detached tp_sk_msg from tp_sock_hash")
-            except OSError:
-                pass
-        removed += _remove_tc(record, meta)
-        removed += pins.remove_pin_dir(bpffs_path)
+        for name in ("tp_sk_msg", "tp_sk_msg" + pins.NEXT):
+            if name in progs and SOCKHASH_MAP in maps:
+                try:
+                    libbpf.prog_detach(progs[name][0], maps[SOCKHASH_MAP], ATTACH_SK_MSG_VERDICT)
+                    removed.append(f"detached {name} from tp_sock_hash")
+                except OSError:
+                    pass
+        removed += _remove_tc(record, meta, pinned_ids(progs), warn)
+        removed += pins.remove_pin_dir(bpffs_path, warn)
     finally:
         close_pinned(progs, maps)
-    # install mounted this bpffs: unmount it too, unless someone else has pinned there since
-    if (record or {}).get("bpffs_mounted_by_us") and pins.is_bpffs(bpffs_path) \
-            and not pins.holds_others(bpffs_path):
+    if _ours_to_unmount(record, bpffs_path, warn):
         try:
             pins.umount(bpffs_path)
         except OSError as err:  # busy (a shell cd'ed into it): everything of ours is gone already
@@ -257,7 +268,7 @@ def detach_all(bpffs_path: str, record: dict | None) -> Detached:
     meta = _read_meta(maps) or {}
     cgroups = {meta.get("cgroup_path")} | {a.get("cgroup_path") for a in (record or {}).get("attachments", [])}
     index = ((record or {}).get("tc") or {}).get("ifindex") or meta.get("tc_ifindex")
-    filters = {f.program: f for f in tc.our_filters(index)} if index else {}
+    filters = {f.program: f for f in tc.our_filters(index, pinned_ids(progs))} if index else {}
     for group in (REDIRECTING, None):
         for prog in PROGRAMS:
             if (prog.name in REDIRECTING) != (group is not None) or prog.name not in progs:
@@ -294,36 +305,81 @@ def reattach(detached: Detached) -> None:
             tc.add_filter(flt.ifindex, flt.direction, detached.progs[flt.program][0], flt.program, flt.prog_id)
 
 
+def pinned_ids(progs: dict) -> dict[str, set[int]]:
+    """{program: ids of its pins} (an interrupted replacement leaves the new one beside the old)."""
+    ids: dict[str, set[int]] = {}
+    for name, (_fd, prog_id) in progs.items():
+        ids.setdefault(name.removesuffix(pins.NEXT), set()).add(prog_id)
+    return ids
+
+
+def _say_unproven_programs(record: dict | None, progs: dict, bpffs_path: str, warn) -> None:
+    """Record ids that no pin holds: another install's programs, or ids reused since; never detached."""
+    proven = pinned_ids(progs)
+    for name, prog_id in sorted(((record or {}).get("prog_ids") or {}).items()):
+        if prog_id not in proven.get(name, ()):
+            warn(f"tpctl: warning: the record names program {name} id {prog_id}, which is not pinned under "
+                 f"{pins.pin_dir(bpffs_path)}: not tpctl's to detach, left alone")
+
+
+def _ours_to_unmount(record: dict | None, bpffs_path: str, warn) -> bool:
+    """Install mounted this very bpffs (the mount id and device it recorded) and nothing but
+    the kernel's own files is in it now."""
+    if not (record or {}).get("bpffs_mounted_by_us") or not pins.is_bpffs(bpffs_path):
+        return False
+    recorded, now = (record or {}).get("bpffs_mount"), pins.mount_identity(bpffs_path)
+    if not recorded or recorded != now:
+        warn(f"tpctl: warning: left the bpffs at {bpffs_path} mounted: it is not the mount tpctl made "
+             f"(recorded {recorded}, found {now})")
+        return False
+    if pins.holds_others(bpffs_path):
+        warn(f"tpctl: warning: left the bpffs at {bpffs_path} mounted: others pinned objects in it")
+        return False
+    return True
+
+
 def _detach_cgroup(cg: str, progs: dict) -> list[str]:
     removed = []
     for prog in PROGRAMS:
-        if prog.hook != HOOK_CGROUP or prog.name not in progs:
-            continue
-        fd, prog_id = progs[prog.name]
-        kind = prog.attach_type or 0
-        if prog_id in cgroup.attached_ids(cg, kind):
-            cgroup.detach(fd, cg, kind)
-            removed.append(f"detached {prog.name} (id {prog_id}) from {cg} {ATTACH_TYPE_NAMES[kind]}")
+        for name in (prog.name, prog.name + pins.NEXT):
+            if prog.hook != HOOK_CGROUP or name not in progs:
+                continue
+            fd, prog_id = progs[name]
+            kind = prog.attach_type or 0
+            if prog_id in cgroup.attached_ids(cg, kind):
+                cgroup.detach(fd, cg, kind)
+                removed.append(f"detached {prog.name} (id {prog_id}) from {cg} {ATTACH_TYPE_NAMES[kind]}")
     return removed
 
 
-def _remove_tc(record: dict | None, meta: dict) -> list[str]:
+def _remove_tc(record: dict | None, meta: dict, pinned: dict[str, set[int]], warn) -> list[str]:
+    """Our filters (their programs are our pins), then the clsact install made if nothing else
+    hangs in it."""
     rec_tc = (record or {}).get("tc") or {}
     index = rec_tc.get("ifindex") or meta.get("tc_ifindex")
     created = rec_tc.get("clsact_created", meta.get("clsact_created", False))
     removed = []
     for idx in [index] if index else tc.all_ifindexes():
         try:
-            filters = tc.our_filters(idx)
+            filters = tc.our_filters(idx, pinned)
         except Exception:  # interface gone with its filters
             continue
         for flt in filters:
             tc.del_filter(flt)
             removed.append(f"removed tc filter {flt.program} ({flt.direction}) from ifindex {idx}")
         if idx == index and created and tc.has_clsact(idx):
-            tc.del_clsact(idx)
-            removed.append(f"removed clsact qdisc from ifindex {idx}")
+            removed += _remove_clsact(idx, warn)
     return removed
+
+
+def _remove_clsact(index: int, warn) -> list[str]:
+    others = tc.filter_count(index)
+    if others:
+        warn(f"tpctl: warning: left the clsact qdisc on ifindex {index}: it holds {others} filter entries "
+             "that are not tpctl's")
+        return []
+    tc.del_clsact(index)
+    return [f"removed clsact qdisc from ifindex {index}"]
 
 
 def status(bpffs_path: str) -> dict:
@@ -349,8 +405,9 @@ def status(bpffs_path: str) -> dict:
                         ours[name].prog_id == programs[name]["id"]
         settings = {name: dict(TypedMap(name, fd).items()) for name, fd in maps.items()
                     if name in LAYOUTS and name != META_MAP}
+        drops = read_drops(maps[DROPS_MAP]) if DROPS_MAP in maps else {}
         return {"installed": bool(progs), "pin_dir": pins.pin_dir(bpffs_path),
                 "pins": pins.list_pins(bpffs_path), "cgroup_path": cg, "meta": meta,
-                "programs": programs, "maps": settings}
+                "programs": programs, "maps": settings, "drops": drops}
     finally:
         close_pinned(progs, maps)

@@ -22,6 +22,7 @@ from engine.contract import (
     Transaction,
     default_of,
     families,
+    shape_problem,
 )
 
 from .requirements import cgroup2_check, kernel_check
@@ -51,6 +52,7 @@ SETTING_FLAGS = {
     "exclude_outbound_cidrs": "--exclude-outbound-ips", "exclude_inbound_cidrs": "--exclude-inbound-ips",
     "exclude_outbound_ports": "--exclude-outbound-ports", "exclude_inbound_ports": "--exclude-inbound-ports",
     "exclude_outbound_ports_for_uids": "--exclude-outbound-ports-for-uids",
+    "tc_iface": "--ebpf-tc-attach-iface",
 }
 
 
@@ -66,7 +68,10 @@ def tc_interface(config: Config, facts: HostFacts) -> dict | None:
 
 
 def settings_from(config: Config, facts: HostFacts, fams: tuple[int, ...]) -> EbpfSettings:
+    from .settings import interface_link_type
+
     iface = tc_interface(config, facts)
+    tc_name = iface["name"] if iface else config.ebpf_tc_attach_iface
     instance_ips = (config.ebpf_instance_ip,) if config.ebpf_instance_ip else tuple((iface or {}).get("addresses", ()))
     uids = [(proto, port_lo, port_hi, *entry.uid_range)
             for entry in config.exclude_outbound_ports_for_uids
@@ -82,7 +87,9 @@ def settings_from(config: Config, facts: HostFacts, fams: tuple[int, ...]) -> Eb
         exclude_outbound_cidrs=tuple(str(n) for n in config.exclude_outbound_ips),
         exclude_outbound_ports_for_uids=tuple(uids), ipv6=6 in fams,
         instance_ips=tuple(a for a in instance_ips if a),
-        tc_iface=iface["name"] if iface else config.ebpf_tc_attach_iface,
+        tc_iface=tc_name,
+        # read here, in the namespace the engine runs in: the plan turns it into the L2 length
+        tc_link_type=interface_link_type(tc_name) if tc_name else None,
         cgroup_path=(facts.cgroup2_mount or "") if config.ebpf_cgroup_path == "auto" else config.ebpf_cgroup_path,
         bpffs_path=config.ebpf_bpffs_path,
         programs_source_path=config.ebpf_programs_source_path or DEFAULT_SOURCE_PATH,
@@ -147,8 +154,17 @@ class EbpfEngine(RedirectEngine):
         if isinstance(planned, EbpfPlanError):  # lists longer than the maps hold: use iptables, not a crash
             name, _, detail = str(planned).partition(": ")
             setting_flag = SETTING_FLAGS.get(name)
-            result.append(Check("eBPF maps", False, f"{setting_flag}: {detail}" if setting_flag else str(planned),
-                                "shorten the list, or use the iptables engine"))
+            if name == "tc_iface":  # a link type the tc programs cannot parse: refused, never guessed
+                result.append(Check("tc interface", False, f"{setting_flag}: {detail}",
+                                    "attach tc to an Ethernet, tun or WireGuard interface with "
+                                    "--ebpf-tc-attach-iface, or use the iptables engine"))
+            else:
+                result.append(Check("eBPF maps", False, f"{setting_flag}: {detail}" if setting_flag else str(planned),
+                                    "shorten the list, or use the iptables engine"))
+        bpffs_problem = _bpffs_path_problem(config.ebpf_bpffs_path)
+        if bpffs_problem:  # the engine cannot be used here: no compile or load is worth its time
+            result.append(Check("bpffs path", False, bpffs_problem, "give an empty directory or a mounted bpffs"))
+            return result
         if config.ebpf_programs_source_path and not os.path.isdir(config.ebpf_programs_source_path):
             result.append(Check("programs source", False, f"{config.ebpf_programs_source_path} is not a directory",
                                 "point --ebpf-programs-source-path at a bpf_src directory"))
@@ -225,13 +241,19 @@ class EbpfEngine(RedirectEngine):
         return (record or {}).get("bpffs_path") or options.get("ebpf_bpffs_path") or default_of("ebpf_bpffs_path")
 
     def uninstall(self, record: dict | None, options: dict, dry_run: bool, say: Say) -> list[str]:
+        from . import pins
+
         bpffs_path = self._bpffs(record, options)
-        pin_dir = os.path.join(bpffs_path, "tpctl")
-        if not record and not os.path.isdir(pin_dir):
+        pin_dir = pins.pin_dir(bpffs_path)
+        found = pins.list_pins(bpffs_path)  # none when the pin dir is not a real directory on a bpffs
+        if not record and not found:
             return []
-        if dry_run:
-            return [f"{pin_dir}/{name} (and its attachments)" for name in sorted(os.listdir(pin_dir))] \
-                if os.path.isdir(pin_dir) else [f"eBPF objects recorded in state under {pin_dir}"]
+        if dry_run:  # reads only: what the pins prove would go, and what fails the proof
+            problem = pins.pin_dir_problem(bpffs_path)
+            if problem:
+                say(f"# {problem}")
+            return [f"{pin_dir}/{name} (and its attachments)" for name in found] if found \
+                else [f"eBPF objects recorded in state under {pin_dir}"]
         from . import engine as ebpf_engine
 
         cgroup_path = ((record or {}).get("attachments") or [{}])[0].get("cgroup_path")
@@ -254,8 +276,12 @@ class EbpfEngine(RedirectEngine):
         programs = {n: ("attached" if p["attached"] else "not attached" if p["attached"] is False else "loaded")
                     for n, p in live.get("programs", {}).items()}
         summary = {"pin_dir": live.get("pin_dir"), "cgroup": live.get("cgroup_path"), "programs": programs,
-                   "settings": _non_empty(live.get("maps", {}))}
+                   "settings": _non_empty(live.get("maps", {})), "tc_drops": live.get("drops", {})}
         return summary, _status_lines(record, live, programs), drift
+
+    def validate_record(self, record: dict) -> str | None:
+        tc = record.get("tc")
+        return shape_problem(record, RECORD_SHAPE, "ebpf") or (shape_problem(tc, TC_SHAPE, "ebpf.tc") if tc else None)
 
     def leftovers(self, options: dict) -> list[str]:
         from . import engine as ebpf_engine
@@ -266,6 +292,24 @@ class EbpfEngine(RedirectEngine):
         found += [f"eBPF program {name} (id {p['id']}) attached to {live.get('cgroup_path') or p['hook']}"
                   for name, p in live.get("programs", {}).items() if p["attached"]]
         return found
+
+
+def _bpffs_path_problem(path: str) -> str | None:
+    """Why no bpffs can be used or mounted at --ebpf-bpffs-path (a failed check: the fallback
+    serves the host), or None."""
+    from .pins import is_bpffs, mount_point_problem, pin_dir_problem
+
+    return mount_point_problem(path) or (pin_dir_problem(path) if is_bpffs(path) else None)
+
+
+# engine.apply's record, as status, uninstall and apply read it back (tc: None, or TC_SHAPE)
+RECORD_SHAPE = {"bpffs_path": str, "pin_dir": str, "prog_ids": {"*": int}, "pins": [str], "maps": [str],
+                "attachments": [{"program": str, "cgroup_path": str, "attach_type": int, "attach_type_name": str,
+                                 "prog_id": int, "map": str}],
+                "tc": (dict, type(None)), "skipped": [{"program": str, "reason": str}], "layout": str,
+                "bpffs_mounted_by_us": bool}
+TC_SHAPE = {"iface": str, "ifindex": int, "clsact_created": bool,
+            "filters": [{"ifindex": int, "direction": str, "prio": int, "handle": int, "program": str, "prog_id": int}]}
 
 
 def _status_lines(record: dict, live: dict, programs: dict) -> list[str]:
@@ -296,6 +340,10 @@ def _status_lines(record: dict, live: dict, programs: dict) -> list[str]:
                      + f"; proxy uid {settings.get('proxy_uid')} "
                      f"excluded; IPv6 {'on' if settings.get('ipv6') else 'off'}; sk_msg acceleration "
                      f"{'on' if settings.get('accel') else 'off'}")
+    drops = live.get("drops") or {}
+    if any(drops.values()):  # what tc ingress could not redirect soundly (docs/ebpf-packets.md)
+        lines.append("dropped at tc ingress: " + ", ".join(f"{count} {reason.replace('_', ' ')}"
+                                                            for reason, count in drops.items() if count))
     maps = live.get("maps", {})
     for title, names in (("excluded outbound ports", ("tp_excl_out_ports",)),
                          ("excluded inbound ports", ("tp_excl_in_ports",)),

@@ -10,12 +10,15 @@ its undo:
   tc programs: the filter replaced at its prio and handle (NLM_F_REPLACE);
   sk_msg: attached to the same sockhash (the kernel swaps the map's verdict program);
   a program the new plan adds is attached, one it drops is detached after the swaps;
-  pins: each new program pinned beside and renamed over the old pin.
+  pins: each new program is pinned beside the old pin (`<pin>__next`) right after it is loaded,
+    before it is attached anywhere (a pin under our directory is what proves a program ours to
+    an uninstall after a crash), and renamed over the old pin at the end.
 Then the maps get the new configuration as reconfigure.py writes it. A map whose shape changed
 cannot be shared: the new one replaces its pin, and its entries start empty (said in the log).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -71,11 +74,15 @@ def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict,
         else:
             fresh.append(name)
     fns = load_all(tx, bpf, p, record)
+    for name, fn in fns.items():  # pinned before attached: an uninstall after a crash proves them ours
+        side = os.path.join(p.pin_dir, f"prog_{name}{pins.NEXT}")
+        tx.step(f"pin:prog_{name}{pins.NEXT}", functools.partial(pins.pin, fn.fd, side),
+                functools.partial(_unpin_if_there, side))
     for name in fresh:  # a map of another shape: the new one takes the pin
         say(f"# map {name} changed shape: the new programs start it empty")
         _repin(tx, map_fd(bpf, name), os.path.join(p.pin_dir, map_pin_name(name)), old_maps.get(name))
     old_attachments = {a["program"]: a for a in previous.get("attachments", [])}
-    old_tc = previous.get("tc") or {}
+    old_tc = _proven_tc(previous.get("tc") or {}, old_progs)
     new_tc = _tc_place(tx, p, old_tc, record)
     same_iface = new_tc is not None and old_tc.get("ifindex") == new_tc["ifindex"]
     old_filters = {f["program"]: f for f in old_tc.get("filters", [])} if same_iface else {}
@@ -124,8 +131,8 @@ def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict,
                 functools.partial(_ignoring, tc.add_filter, flt.ifindex, flt.direction, fd, flt.program, flt.prog_id))
     if old_tc and not same_iface and old_tc.get("clsact_created"):
         index = old_tc["ifindex"]
-        tx.step("tc:qdisc:remove", functools.partial(tc.del_clsact, index),
-                functools.partial(_ignoring, tc.add_clsact, index))
+        tx.step("tc:qdisc:remove", functools.partial(_del_clsact_if_empty, index),
+                lambda deleted: tc.add_clsact(index) if deleted else None)
     for name, (fd, _id) in old_progs.items():  # what the new plan has no use for goes last
         dropped = old_attachments.get(name)
         if name in fns or not dropped:
@@ -142,7 +149,7 @@ def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict,
     for name, fn in fns.items():
         path = os.path.join(p.pin_dir, f"prog_{name}")
         record["pins"].append(path)
-        _repin(tx, fn.fd, path, old_progs.get(name, (None, 0))[0])
+        _repin(tx, fn.fd, path, old_progs.get(name, (None, 0))[0], pinned_beside=True)
     for name, (fd, _id) in old_progs.items():
         if name not in fns:
             path = os.path.join(p.pin_dir, f"prog_{name}")
@@ -178,6 +185,24 @@ def _tc_place(tx: Transaction, p: EbpfPlan, old_tc: dict, record: dict) -> dict 
     return record["tc"]
 
 
+def _proven_tc(old_tc: dict, old_progs: dict) -> dict:
+    """The previous record's tc part with only the filters the kernel shows running our pinned
+    programs: a filter the record names at another's place is never replaced or deleted."""
+    if not old_tc.get("ifindex"):
+        return old_tc
+    from .engine import pinned_ids
+
+    return {**old_tc, "filters": [f.as_record() for f in tc.our_filters(old_tc["ifindex"], pinned_ids(old_progs))]}
+
+
+def _del_clsact_if_empty(index: int) -> bool:
+    """The clsact install made on the interface the tc programs left, unless others' filters hang in it."""
+    if not tc.has_clsact(index) or tc.filter_count(index):
+        return False
+    tc.del_clsact(index)
+    return True
+
+
 def _ignoring(action, *args) -> None:
     """An undo: action(*args), whatever the step returned (its last argument)."""
     action(*args[:-1])
@@ -188,12 +213,14 @@ def _shape(fd: int) -> tuple:
     return tuple(info[k] for k in SHAPE)
 
 
-def _repin(tx: Transaction, fd: int, path: str, old_fd: int | None) -> None:
-    """Pin fd at path: beside it first, then renamed over it (one rename: never no pin)."""
-    side = path + "__next"  # bpffs refuses names with a dot
+def _repin(tx: Transaction, fd: int, path: str, old_fd: int | None, pinned_beside: bool = False) -> None:
+    """Pin fd at path: beside it first (unless pinned_beside: done already), then renamed over it
+    (one rename: never no pin)."""
+    side = path + pins.NEXT  # bpffs refuses names with a dot
 
     def do() -> None:
-        pins.pin(fd, side)
+        if not pinned_beside:
+            pins.pin(fd, side)
         os.replace(side, path)
 
     def undo(_r) -> None:
@@ -204,6 +231,12 @@ def _repin(tx: Transaction, fd: int, path: str, old_fd: int | None) -> None:
         os.replace(side, path)
 
     tx.step(f"pin:{os.path.basename(path)}", do, undo)
+
+
+def _unpin_if_there(side: str, _r=None) -> None:
+    """The undo of an early pin beside: gone already when the rename's undo put the old one back."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(side)
 
 
 def _unreplace_cgroup(old_fd: int, target: str, kind: int, new_fd: int, _r=None) -> None:

@@ -1,7 +1,9 @@
 """tc attachments through pyroute2: a clsact qdisc and direct-action bpf filters.
 
 Ownership: each filter's name is "<program>#<prog id>" at our fixed priority, so uninstall can
-find exactly our filters without a state file and check the id against the pinned program.
+find exactly our filters without a state file. The name is a hint anyone can copy: a filter is
+proven ours only when the program the kernel runs in it is the one pinned under that name
+(`our_filters(index, pinned)`), and a clsact qdisc goes only when no filter is left in it.
 """
 from __future__ import annotations
 
@@ -91,17 +93,28 @@ def del_filter(flt: TcFilter) -> None:
                prio=flt.prio)
 
 
-def our_filters(index: int) -> list[TcFilter]:
+def our_filters(index: int, pinned: dict[str, set[int]] | None = None) -> list[TcFilter]:
     """Filters on index whose name carries our tag, in both clsact directions (read with
-    engine.netlink: status and a reinstall check them without importing pyroute2)."""
+    engine.netlink: status and a reinstall check them without importing pyroute2). With
+    `pinned` ({program: ids of its pins}), only those whose kernel program is one of them."""
     found = []
     for direction, parent in PARENTS.items():
         for flt in netlink.bpf_filters(index, parent):
             match = _NAME_RE.match(flt["name"])
-            if match:
-                found.append(TcFilter(index, direction, flt["prio"], flt["handle"], match.group(1),
-                                      int(match.group(2))))
+            if not match:
+                continue
+            program, named_id = match.group(1), int(match.group(2))
+            if pinned is not None and not (named_id == flt["prog_id"] and named_id in pinned.get(program, ())):
+                continue
+            found.append(TcFilter(index, direction, flt["prio"], flt["handle"], program, named_id))
     return found
+
+
+def filter_count(index: int) -> int:
+    """Filters of any kind and owner left under the clsact qdisc, ingress and egress."""
+    with _ipr() as ipr:
+        # every entry counts, a priority's header (handle 0) too: a clsact is kept on any doubt
+        return sum(len(ipr.get_filters(index=index, parent=parent)) for parent in PARENTS.values())
 
 
 def all_ifindexes() -> list[int]:

@@ -6,9 +6,14 @@ installed on purpose, while the tool ships with every distro's nftables package,
 very script `--dry-run` prints, and costs one process per install (a few milliseconds).
 `nft -f` sends the whole file as one netlink batch: the kernel commits it at once or not at all.
 `nft --check` sends the same batch and has the kernel abort it: a real feature probe.
+
+Every command goes in as a script on stdin (`nft -f /dev/stdin`), never as argv words: nft joins
+its argv and parses the result, so a name holding `;` would be a second command. A table or
+chain name reaches a script only once it matches NAME_RE.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -19,6 +24,28 @@ from .ruleset import FAMILY, TABLE, replacing
 
 class NftError(RuntimeError):
     pass
+
+
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")  # a subset of nft's identifiers: no quoting needed
+FAMILIES = frozenset({"ip", "ip6", "inet", "arp", "bridge", "netdev"})
+
+
+def valid_name(name: object) -> bool:
+    """Whether name (a table or chain name from a record, say) is one tpctl would ever write."""
+    return isinstance(name, str) and NAME_RE.match(name) is not None
+
+
+def command(*words: str) -> str:
+    """One nft command line for a script, from a verb and names that pass the grammar."""
+    *verb, family, name = words
+    if family not in FAMILIES or not valid_name(name) or not all(valid_name(w) for w in verb):
+        raise NftError(f"refusing an nft command with a name outside tpctl's grammar: {' '.join(map(repr, words))}")
+    return " ".join(words) + "\n"
+
+
+def run_script(script: str) -> subprocess.CompletedProcess:
+    """`nft -f /dev/stdin` with script: the one way tpctl's commands reach nft."""
+    return _run(["-f", "/dev/stdin"], script)
 
 
 def tool() -> str | None:
@@ -47,7 +74,7 @@ def check(script: str) -> str | None:
 
 
 def apply(script: str) -> None:
-    result = _run(["-f", "/dev/stdin"], script)
+    result = run_script(script)
     if result.returncode != 0:
         raise NftError(f"nft -f failed: {result.stderr.strip()}\ninput was:\n{script}")
 
@@ -56,7 +83,7 @@ def listing() -> str | None:
     """`nft list table inet tpctl`, None when there is no such table (or no nf_tables at all)."""
     if tool() is None:
         return None
-    result = _run(["list", "table", *TABLE.split()])
+    result = run_script(command("list", "table", *TABLE.split()))
     if result.returncode == 0:
         return result.stdout
     if "No such file or directory" in result.stderr or "Protocol not supported" in result.stderr:
@@ -69,7 +96,7 @@ def exists() -> bool:
     20,000 elements costs 0.08 s, and uninstall, leftovers and every other engine's install ask)."""
     if tool() is None:
         return False
-    result = _run(["list", "tables", FAMILY])
+    result = run_script(f"list tables {FAMILY}\n")
     if result.returncode != 0:
         if "Protocol not supported" in result.stderr:
             return False
@@ -89,7 +116,7 @@ def delete() -> bool:
     """Delete our table if it exists; whether it did. Nothing else is touched."""
     if not exists():
         return False
-    result = _run(["delete", "table", *TABLE.split()])
+    result = run_script(command("delete", "table", *TABLE.split()))
     if result.returncode != 0:
         raise NftError(f"nft delete table {TABLE} failed: {result.stderr.strip()}")
     return True

@@ -23,6 +23,7 @@ from engine.contract import (
     dns_servers,
     families,
     retrying,
+    shape_problem,
 )
 
 from . import nft
@@ -144,6 +145,11 @@ class NftablesEngine(RedirectEngine):
                 f"{' + '.join(f'IPv{f}' for f in table.families)})")
 
     def uninstall(self, record: dict | None, options: dict, dry_run: bool, say: Say) -> list[str]:
+        """Our table, found by its name (the only name this engine ever writes); a record naming
+        another table is said, and that table left alone."""
+        named = (record or {}).get("table", TABLE)
+        if named != TABLE:
+            say(f"tpctl: warning: the record names nftables table {named!r}, not tpctl's {TABLE!r}: left alone")
         present = nft.exists()
         if present and not dry_run:
             nft.delete()
@@ -157,6 +163,10 @@ class NftablesEngine(RedirectEngine):
         lines = [f"table {TABLE} (see it with: nft list table {TABLE}): "
                  f"{sum(summary['chains'].values())} rules in {len(summary['chains'])} chains; sets: {sets}"]
         return summary, lines, drift(record.get("listing"), now)
+
+    def validate_record(self, record: dict) -> str | None:
+        return shape_problem(record, {"table": str, "families": [int], "chains": {"*": int}, "sets": {"*": int},
+                                      "listing": (str, type(None))}, "nftables")
 
     def leftovers(self, options: dict) -> list[str]:
         return [f"nftables table {TABLE}"] if nft.exists() else []
