@@ -5,10 +5,16 @@ one, and iptables-nft then creates `table ip nat` and its `PREROUTING`/`OUTPUT` 
 rules and TPCTL_ chains go at uninstall, but that scaffold would stay behind, empty. So install
 records which tables and base chains were new, and uninstall deletes those, only while they are
 still empty: anything another tool put there since keeps them.
+
+The table and chain names come from a record, a file anyone who could write the state dir may
+have crafted: nft joins its argv words and parses the result, so `nat; delete table inet x`
+would be two commands. A name reaches nft only when it passes tpctl's grammar, and only inside a
+JSON command on stdin, where it is a string, never syntax.
 """
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -19,6 +25,11 @@ from engine.iptables.rules import BUILTIN_CHAINS
 from engine.timeouts import bound
 
 NFT_FAMILY = {4: "ip", 6: "ip6"}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")  # iptables' table and chain names fit it
+
+
+def valid_name(name: object) -> bool:
+    return isinstance(name, str) and _NAME.match(name) is not None
 
 
 Scaffold = tuple[frozenset[str], frozenset[tuple[str, str]]]  # (tables, (table, chain))
@@ -88,16 +99,20 @@ def merge(*records: dict | None) -> dict:
     return {"tables": sorted(tables), "chains": sorted(list(c) for c in chains)}
 
 
-def _nft(*args: str) -> subprocess.CompletedProcess:
+def _nft(*args: str, command: dict | None = None) -> subprocess.CompletedProcess:
+    """nft with fixed argv words, or one JSON command on stdin (names from a record go there)."""
     nft = shutil.which("nft")
     if nft is None:
         raise BackendError("nft not found (fix: apt-get install nftables)")
-    return subprocess.run([nft, *args], capture_output=True, text=True, timeout=bound(60))
+    if command is None:
+        return subprocess.run([nft, *args], capture_output=True, text=True, timeout=bound(60))
+    return subprocess.run([nft, "-j", "-f", "/dev/stdin"], input=json.dumps({"nftables": [command]}),
+                          capture_output=True, text=True, timeout=bound(60))
 
 
 def _listing(family: int, table: str) -> list[dict] | None:
     """The table's objects as `nft -j` lists them, None when the table is gone."""
-    result = _nft("-j", "list", "table", NFT_FAMILY[family], table)
+    result = _nft(command={"list": {"table": {"family": NFT_FAMILY[family], "name": table}}})
     if result.returncode != 0:
         return None
     return [obj for obj in json.loads(result.stdout).get("nftables", []) if "metainfo" not in obj]
@@ -109,21 +124,26 @@ def remove_if_empty(family: int, record: dict | None, dry_run: bool = False,
     Each table is listed once, and what goes is decided from that listing before anything does.
     `going`: on a dry run our rules and chains are still there; they count as removed already."""
     fam = NFT_FAMILY[family]
-    created_chains = {tuple(c) for c in (record or {}).get("chains", [])}
+    created_chains = {tuple(c) for c in (record or {}).get("chains", []) if isinstance(c, list) and len(c) == 2}
     created_tables = set((record or {}).get("tables", []))
     removed = []
-    for table in sorted(created_tables | {t for t, _ in created_chains}):
+    named = {t for t in created_tables if isinstance(t, str)} | {t for t, _ in created_chains if isinstance(t, str)}
+    for table in sorted(named):
+        if not valid_name(table) or not all(valid_name(c) for t, c in created_chains if t == table):
+            removed.append(f"left alone nf_tables {fam} table {table!r}: the install record names it (or a chain "
+                           "in it) outside tpctl's grammar, so it is not one tpctl made")
+            continue
         objects = _listing(family, table)
         if objects is None:
             continue
         empty, whole_table = what_goes(objects, table, created_chains, table in created_tables, going)
         for chain in empty:
             if not dry_run:
-                _checked(_nft("delete", "chain", fam, table, chain))
+                _checked(_nft(command={"delete": {"chain": {"family": fam, "table": table, "name": chain}}}))
             removed.append(f"nft {fam} {table}: delete chain {chain} (empty; install created it)")
         if whole_table:
             if not dry_run:
-                _checked(_nft("delete", "table", fam, table))
+                _checked(_nft(command={"delete": {"table": {"family": fam, "name": table}}}))
             removed.append(f"nft {fam}: delete table {table} (empty; install created it)")
     return removed
 
