@@ -168,7 +168,26 @@ def _prog_load(attr: _ProgLoadAttr) -> int:
     libc.syscall.restype = ct.c_long
     fd = libc.syscall(ct.c_long(nr), ct.c_int(_BPF_PROG_LOAD), ct.byref(attr),
                       ct.c_uint(ct.sizeof(attr)))
+    if fd < 0 and ct.get_errno() == errno_mod.EPERM and _raise_memlock():
+        fd = libc.syscall(ct.c_long(nr), ct.c_int(_BPF_PROG_LOAD), ct.byref(attr),
+                          ct.c_uint(ct.sizeof(attr)))
     return int(fd) if fd >= 0 else -ct.get_errno()
+
+
+def _raise_memlock() -> bool:
+    """Before 5.11 the kernel charges BPF objects to the user's locked memory against the loading
+    process's RLIMIT_MEMLOCK (64 KiB by default there): with other BPF users on the host a load
+    fails with EPERM. Raise it as BCC and libbpf do; whether there was anything to raise."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == resource.RLIM_INFINITY:
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 _BPF_PROG_ATTACH = 8

@@ -182,16 +182,16 @@ def test_programs_source_path_compiles_another_bpf_src_and_a_missing_one_is_a_fa
     assert ebpf_view(sandbox) == before
 
 
-def test_more_excluded_cidrs_than_the_maps_hold_is_a_failed_check_naming_the_flag(sandbox, before):
-    from ebpf.maps import MAX_CIDRS
+def test_more_uid_rules_than_the_map_holds_is_a_failed_check_naming_the_flag(sandbox, before):
+    """Lists the eBPF maps cannot hold fall back (exit 3 with --no-fallback), not a crash. Every
+    list flag is capped below the CIDR tries' size (docs/hostile-input.md), so the uid rules'
+    map, 16 rows, is the one a valid config can overflow."""
+    from ebpf.maps import MAX_UID_RANGES
 
-    config = os.path.join(sandbox.tmp, "many-cidrs.yaml")
-    with open(config, "w") as handle:
-        handle.write("redirect:\n  outbound:\n    excludePortsForIPs:\n")
-        handle.writelines(f"      - 10.{i >> 16}.{i >> 8 & 255}.{i & 255}/32\n" for i in range(MAX_CIDRS + 1))
-    result = sandbox.tpctl(*install_args("ebpf", sandbox, "--config", config, "--dry-run"))
+    rules = ";".join(f"tcp:{1000 + i}:{2000 + i}" for i in range(MAX_UID_RANGES + 1))
+    result = sandbox.tpctl(*install_args("ebpf", sandbox, "--exclude-outbound-ports-for-uids", rules, "--dry-run"))
     assert result.returncode == 3, result.stderr
-    assert "eBPF maps" in result.stderr and "--exclude-outbound-ips: 65537 IPv4 CIDRs" in result.stderr
+    assert "eBPF maps" in result.stderr and "--exclude-outbound-ports-for-uids" in result.stderr, result.stderr
     assert ebpf_view(sandbox) == before
 
 
