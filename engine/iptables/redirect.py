@@ -128,6 +128,8 @@ def _lines_problem(value: object, width: int, where: str) -> str | None:
 
 def record_problem(part: dict) -> str | None:
     """The shape every install of this engine writes (new_record); None when it matches."""
+    if not any(part.get(key) for key in ("backend", "rules", "inserted", "chains", "nft_created")):
+        return None  # the journal of an install stopped before its first iptables step: nothing yet
     if part.get("backend") not in ("legacy", "nft"):
         return f"backend {part.get('backend')!r} is neither legacy nor nft"
     for key, width in (("rules", 3), ("inserted", 3), ("chains", 2)):
