@@ -7,10 +7,12 @@ import json
 import os
 import platform
 import re
+import shutil
+import subprocess
 import tempfile
 from functools import lru_cache
 
-from engine.contract import Check  # one Check type for the pipeline and these probes
+from engine.contract import Check, bound  # one Check type for the pipeline and these probes; scaled time limits
 
 from . import libbpf
 from .catalogue import ATTACH_TYPE_NAMES, PROG_CGROUP_SOCK_ADDR, PROG_CGROUP_SOCKOPT, PROG_TYPE_NAMES, PROGRAMS
@@ -39,14 +41,33 @@ def check_cgroup2(path: str | None, mount: str | None = None) -> Check:
 def check_bpffs(path: str | None) -> Check:
     if path and is_bpffs(path):
         return Check("bpffs", True, f"bpffs mounted at {path}", "")
-    with tempfile.TemporaryDirectory(prefix="tpctl-bpffs-probe-") as tmp:
-        try:
-            mount_bpffs(tmp)
-            umount(tmp)
-        except OSError as exc:
-            return Check("bpffs", False, f"cannot mount bpffs: {exc}",
-                         "run as root with CAP_SYS_ADMIN, or mount bpffs yourself")
+    problem = _bpffs_mount_problem()
+    if problem:
+        return Check("bpffs", False, f"cannot mount bpffs: {problem}",
+                     "run as root with CAP_SYS_ADMIN, or mount bpffs yourself")
     return Check("bpffs", True, f"bpffs mountable{f' at {path}' if path else ''}", "")
+
+
+def _bpffs_mount_problem() -> str | None:
+    """Mount a bpffs where nobody sees it: in a child's private mount namespace (util-linux
+    unshare, propagation private), so the check, --dry-run's too, leaves the host's mounts and
+    files as they were. Without unshare: a temporary directory, mounted and unmounted at once."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        with tempfile.TemporaryDirectory(prefix="tpctl-bpffs-probe-") as tmp:
+            try:
+                mount_bpffs(tmp)
+                umount(tmp)
+            except OSError as exc:
+                return str(exc)
+        return None
+    target = "/tmp" if os.path.isdir("/tmp") else "/"
+    try:
+        result = subprocess.run([unshare, "--mount", "--propagation", "private", "mount", "-t", "bpf", "bpf", target],
+                                capture_output=True, text=True, timeout=bound(30))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if result.returncode == 0 else (result.stderr.strip() or f"mount exited {result.returncode}")
 
 
 def check_bcc() -> Check:

@@ -25,6 +25,7 @@ from engine.config import Config, defaults
 from engine.memo import NONE, Memo
 from engine.probe import HostFacts, kernel_version, mounts, mounts_of_type
 from engine.state import shape_problem
+from engine.timeouts import bound
 from engine.transaction import InjectedFault, Step, Transaction, transaction
 from engine.transaction import pause as transaction_pause
 
@@ -32,7 +33,7 @@ Say = Callable[[str], None]
 T = TypeVar("T")
 
 __all__ = ["Check", "Choice", "Config", "EnginePlan", "HostFacts", "InjectedFault", "Memo", "NONE", "RedirectEngine",
-           "Say", "Step", "Transaction", "default_of", "dns_servers", "families", "kernel_version", "mounts",
+           "Say", "Step", "Transaction", "bound", "default_of", "dns_servers", "families", "kernel_version", "mounts",
            "mounts_of_type", "netlink", "retrying", "shape_problem", "transaction"]
 
 

@@ -24,9 +24,10 @@ done
 # python-iptables' C part where PyPI has no wheel for this Python (3.14 on sid); python3-dev its
 # headers; bench/: wrk nginx-light iperf3 python3-matplotlib, and git (its results name the commit);
 # openssh-client: ssh-keygen makes the host key of the SSH guard tests' sshd (below);
-# python3-scapy: the hostile-input tests craft fragments and IPv6 extension headers (tests/hostile/)
+# python3-scapy: the hostile-input tests craft fragments and IPv6 extension headers (tests/hostile/);
+# strace: their witness that a dry run makes no changing syscall
 PACKAGES=(iptables nftables iproute2 util-linux python3-venv python3-bpfcc bpftool linux-headers-amd64 haproxy
-          gcc libc6-dev python3-dev wrk nginx-light iperf3 python3-matplotlib git openssh-client python3-scapy)
+          gcc libc6-dev python3-dev wrk nginx-light iperf3 python3-matplotlib git openssh-client python3-scapy strace)
 # vagrant/: qemu-system-x86, busybox-static (virtme's initramfs) and kmod (depmod of the fetched
 # kernels, modprobe in guests) for the kernel matrix; vagrant (`vagrant validate` of the boxes);
 # debootstrap for the userland matrix's roots

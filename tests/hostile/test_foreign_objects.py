@@ -257,6 +257,23 @@ def test_a_bpffs_path_over_files_or_through_a_symlink_is_a_failed_check_never_a_
         _umount_all(mounted)
 
 
+def test_an_ebpf_dry_run_with_no_bpffs_yet_mounts_nothing_and_makes_no_directory(sandbox):
+    """The feature check that bpffs can be mounted runs in a child's private mount namespace:
+    the dry run's strace shows no mount or unmount of its own, and the path is not created."""
+    path = os.path.join(sandbox.tmp, "not-yet-bpffs")
+    args = install_args("ebpf", sandbox, "--dry-run")
+    args[args.index("--ebpf-bpffs-path") + 1] = path
+    dry, changes = changing_calls(sandbox, *args, env={})
+    assert dry.returncode == 0, dry.stderr
+    with open(os.path.join(sandbox.tmp, "strace.log"), encoding="utf-8", errors="replace") as handle:
+        private = {line.split()[0] for line in handle if 'execve("/usr/bin/unshare"' in line
+                   or ("unshare" in line and "--mount" in line)}
+    mounts = [c for c in changes if "mount" in c]
+    assert mounts, "the check mounted nowhere: nothing was proved"
+    assert all(c.split()[0] in private for c in mounts), "\n".join(mounts)
+    assert not os.path.exists(path) and not os.path.exists(sandbox.state_dir)
+
+
 def test_programs_swapped_in_before_a_kill_are_pinned_so_uninstall_proves_and_detaches_them(sandbox):
     """With the pins as the only proof, a replacement pins each new program before it attaches it:
     a SIGKILL right after a swap leaves nothing attached that uninstall cannot prove its own."""
