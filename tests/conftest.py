@@ -17,7 +17,8 @@ def pytest_sessionstart(session):
 
     A suite started in the background (nohup, some CI runners) inherits SIGINT ignored, and so
     would every tpctl it starts: the interrupt tests need a tpctl that Ctrl-C reaches, as from a
-    terminal. A handled signal is reset to its default in a child, an ignored one is not."""
+    terminal (and SIGHUP, which nohup ignores, as from a closing session). A handled signal is
+    reset to its default in a child, an ignored one is not."""
     # no test writes the host's /etc: `install --persist` anywhere in the suite (the sandbox sets
     # its own) writes under a throwaway root
     if "TPCTL_PERSIST_ROOT" not in os.environ:
@@ -26,6 +27,8 @@ def pytest_sessionstart(session):
         os.environ["TPCTL_PERSIST_ROOT"] = tempfile.mkdtemp(prefix="tpctl-test-root-")
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:  # nohup: the suite itself keeps ignoring a
+        signal.signal(signal.SIGHUP, lambda signum, frame: None)  # hangup, the tpctl it starts does not
     if os.geteuid() != 0:
         return
     from sandbox.netns import PROXY_UID, SandboxError, check_runs_as

@@ -347,7 +347,7 @@ def timeouts_seen(monkeypatch):
     """TPCTL_TIMEOUT_SCALE at 8, and every subprocess.run's timeout recorded instead of run."""
     from engine import timeouts
 
-    monkeypatch.setattr(timeouts, "TIMEOUT_SCALE", 8.0)
+    monkeypatch.setenv(timeouts.SCALE_ENV, "8")  # read when each limit is set
     seen = []
 
     def fake_run(argv, **kw):
