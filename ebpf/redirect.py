@@ -188,13 +188,13 @@ class EbpfEngine(RedirectEngine):
         bpffs) goes. Its attachments come off in an undoable step (the pins keep the programs,
         so a later failure puts them back); the pins, the clsact qdisc and the bpffs go once the
         install is committed (no traffic meets them any more)."""
-        from . import engine as ebpf_engine
+        from . import remove
 
         path = self._previous_at(config, record)
         if path is None:
             return
-        detached = tx.step("detach the previous eBPF programs", lambda: ebpf_engine.detach_all(path, record),
-                           ebpf_engine.reattach)
+        detached = tx.step("detach the previous eBPF programs", lambda: remove.detach_all(path, record),
+                           remove.reattach)
         tx.at_end(detached.close)
         tx.at_commit(lambda: self.uninstall(record, {"ebpf_bpffs_path": path}, False, lambda _line: None))
 
@@ -254,10 +254,10 @@ class EbpfEngine(RedirectEngine):
                 say(f"# {problem}")
             return [f"{pin_dir}/{name} (and its attachments)" for name in found] if found \
                 else [f"eBPF objects recorded in state under {pin_dir}"]
-        from . import engine as ebpf_engine
+        from . import remove
 
         cgroup_path = ((record or {}).get("attachments") or [{}])[0].get("cgroup_path")
-        return ebpf_engine.uninstall(bpffs_path, record, cgroup_path, warn=say)
+        return remove.uninstall(bpffs_path, record, cgroup_path, warn=say)
 
     def status(self, record: dict) -> tuple[dict, list[str], list[str]]:
         """The kernel's view of what is installed, and how it differs from the record."""

@@ -54,8 +54,9 @@ def possible(p: EbpfPlan, previous: dict) -> bool:
 def replace_programs(p: EbpfPlan, tx: Transaction, previous: dict, record: dict, say=lambda _line: None) -> None:
     from .engine import _load_all as load_all
     from .engine import _map_fd as map_fd
-    from .engine import _open_pinned as open_pinned
-    from .engine import cgroup_attachment, close_pinned, sk_msg_attachment
+    from .engine import cgroup_attachment, sk_msg_attachment
+    from .remove import _open_pinned as open_pinned
+    from .remove import close_pinned
 
     s = p.settings
     old_progs, old_maps = open_pinned(s.bpffs_path)
@@ -190,7 +191,7 @@ def _proven_tc(old_tc: dict, old_progs: dict) -> dict:
     programs: a filter the record names at another's place is never replaced or deleted."""
     if not old_tc.get("ifindex"):
         return old_tc
-    from .engine import pinned_ids
+    from .remove import pinned_ids
 
     return {**old_tc, "filters": [f.as_record() for f in tc.our_filters(old_tc["ifindex"], pinned_ids(old_progs))]}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Callable
 
-from engine import journal, passthrough, persist, registry, ssh_guard, state
+from engine import boot_trust, journal, passthrough, persist, registry, ssh_guard, state
 from engine.choice import choose
 from engine.config import Config
 from engine.contract import Check, Choice, RedirectEngine, Transaction, transaction
@@ -42,7 +42,7 @@ def install(config: Config, state_dir: str, say: Say, show: Say) -> None:
     """`say` is for progress and notes (stderr), `show` for the dry-run plan (stdout)."""
     # before anything is probed or written: a refused install changes nothing (not even checks.json)
     ssh_guard.check(config, say)
-    persist.check_trusted(config, state_dir)  # --persist: what root runs at every boot must be root's alone
+    boot_trust.check(config, state_dir)  # --persist: what root runs at every boot must be root's alone
     state.check_dir(state_dir)  # an unsafe state directory is bad input (exit 2), found before any probe
     memo = Memo(state_dir, writable=not config.dry_run, hold=True)  # written once the install applies
     facts, choice = decide(config, memo)

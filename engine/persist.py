@@ -8,7 +8,7 @@ Persistence belongs to the install that made it: the unit's command line names t
 state directory (--state-dir), and only an uninstall of that state directory removes the file
 and the unit (the unit's own ExecStop keeps them; an install's crash recovery never touches
 them). Root runs the unit at every boot, so --persist refuses code that anyone but root could
-change: every path component root's, nothing group- or world-writable (check_trusted).
+change, before anything is written (engine/boot_trust.py).
 
 The file holds kumactl's keys only (the same schema `kumactl install transparent-proxy
 --config` and `kuma-dp run --transparent-proxy-config` read); tpctl-only options go on the
@@ -18,9 +18,7 @@ systemd is not told.
 from __future__ import annotations
 
 import os
-import re
 import shlex
-import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -29,7 +27,6 @@ import yaml
 
 from engine import state
 from engine.config import Config, defaults
-from engine.errors import ConfigError
 from engine.options import INSTALL_OPTIONS
 from engine.timeouts import bound
 
@@ -298,99 +295,3 @@ def status_line(report: dict) -> str:
     if report["unit"] or report["config"]:
         return f"persistent: partly ({', '.join(p for p in (report['unit'], report['config']) if p)}; not enabled)"
     return "persistent: no (tpctl install --persist makes it survive reboots)"
-
-
-# -- what root runs at every boot must be root's alone (docs: "Files: root's files") ----------------
-# a word of the unit's command line: no quoting, no systemd specifier (%) or variable ($), no space
-UNIT_WORD = re.compile(r"[A-Za-z0-9_./+@:,=-]+\Z")
-TREE_LIMIT = 50_000  # entries checked in one tree; more is refused (a source tree holds tens)
-
-
-def check_trusted(config: Config, state_dir: str | None = None) -> None:
-    """For --persist: refuse (ConfigError, exit 2, before anything changes) a path the unit would
-    carry that its command line cannot hold as it is, and code the unit runs or compiles as root
-    at every boot (the interpreter, tpctl's own code and the modules it imports, the eBPF program
-    source, the iptables executables) that anyone but root could change."""
-    if not config.persist:
-        return
-    paths = Paths.here(state_dir)
-    for what, word in (("the Python interpreter", sys.executable), ("--state-dir", paths.state_dir),
-                       (f"{ROOT_ENV}'s config file", paths.config)):
-        if not UNIT_WORD.match(word):
-            raise ConfigError(f"--persist: {what} {word!r} goes on {UNIT_NAME}'s command line, which takes letters, "
-                              "digits and _./+@:,=- only (fix: a path made of those)")
-    for what, path, whole_tree in boot_code(config):
-        problem = untrusted(path, whole_tree)
-        if problem:
-            raise ConfigError(f"--persist: {what} {path}: {problem}; root would run or compile it at every boot "
-                              "(fix: make root the owner of every directory on the way and of every file, with no "
-                              "group or world write bit, e.g. copy it under /usr/local or /opt as root)")
-
-
-def boot_code(config: Config) -> list[tuple[str, str, bool]]:
-    """(what, path, check the whole tree) for everything a boot install runs or compiles."""
-    import engine
-
-    checkout = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
-    code = [("the Python interpreter", sys.executable, False), ("tpctl's code", os.path.join(checkout, "engine"), True)]
-    code += [("tpctl's code", os.path.join(checkout, name), True) for name in ("ebpf", "bpf_src")
-             if os.path.isdir(os.path.join(checkout, name))]
-    # the import path at boot: a virtualenv's site-packages whole (pip writes it), the rest by directory;
-    # not the directory tpctl was started from (the boot starts in /)
-    code += [("a directory on Python's import path", entry, entry.startswith(sys.prefix) and sys.prefix != sys.base_prefix)
-             for entry in sys.path if os.path.isabs(entry) and os.path.isdir(entry) and entry != os.getcwd()]
-    if config.ebpf_enabled and config.ebpf_programs_source_path:
-        code.append(("--ebpf-programs-source-path", config.ebpf_programs_source_path, True))
-    for item in config.iptables_executables.split(","):
-        name, _, path = item.partition(":")
-        if path.startswith("/"):
-            code.append((f"--iptables-executables {name}", path, False))
-    return code
-
-
-def untrusted(path: str, whole_tree: bool) -> str | None:
-    """Why `path` is not root's alone: a component (of the path and of what its links resolve
-    to) owned by someone else or writable by group or others; with whole_tree, any entry under
-    it too. None: root's alone."""
-    try:
-        for each in [*_components(path), *_components(os.path.realpath(path))]:
-            problem = _not_roots(each, os.lstat(each))
-            if problem:
-                return problem
-        if whole_tree and os.path.isdir(path):
-            return _tree_problem(os.path.realpath(path))
-    except OSError as err:
-        return f"cannot check it ({err.strerror}: {err.filename})"
-    return None
-
-
-def _components(path: str) -> list[str]:
-    parts = os.path.abspath(path).split(os.sep)[1:]
-    return ["/", *(os.sep + os.path.join(*parts[:depth]) for depth in range(1, len(parts) + 1) if parts[depth - 1])]
-
-
-def _not_roots(path: str, found: os.stat_result) -> str | None:
-    if found.st_uid != 0:
-        return f"{path} belongs to uid {found.st_uid}, not root"
-    if not stat.S_ISLNK(found.st_mode) and found.st_mode & 0o022:  # a link's own mode means nothing
-        return f"{path} is writable by its group or by others (mode {stat.filemode(found.st_mode)})"
-    return None
-
-
-def _tree_problem(top: str) -> str | None:
-    seen = 0
-    for root, dirs, files in os.walk(top, onerror=_raise):
-        for name in (*dirs, *files):
-            seen += 1
-            if seen > TREE_LIMIT:
-                return f"more than {TREE_LIMIT} entries to check"
-            each = os.path.join(root, name)
-            found = os.lstat(each)
-            problem = _not_roots(each, found) or (untrusted(each, False) if stat.S_ISLNK(found.st_mode) else None)
-            if problem:
-                return problem
-    return None
-
-
-def _raise(err: OSError) -> None:
-    raise err

@@ -7,8 +7,8 @@ import os
 import pytest
 import yaml
 
+from engine import boot_trust, persist
 from engine import config as config_module
-from engine import persist
 from engine import values as v
 from engine.errors import ConfigError
 from engine.options import INSTALL_OPTIONS
@@ -125,17 +125,17 @@ def test_status_says_when_the_persisted_install_is_not_in_place(tmp_path, monkey
 
 def test_persist_refuses_boot_code_others_can_change(tmp_path):
     persisted = config(persist=True, ebpf_enabled=True)
-    persist.check_trusted(persisted, str(tmp_path / "state"))  # this checkout and interpreter are root's
+    boot_trust.check(persisted, str(tmp_path / "state"))  # this checkout and interpreter are root's
     source = tmp_path / "src"
     source.mkdir()
     for cfg in (config(persist=True, ebpf_enabled=True, ebpf_programs_source_path=str(source)),
                 config(persist=True, iptables_executables="iptables:/tmp/iptables")):
         with pytest.raises(ConfigError, match="--persist: .*(writable by its group or by others|not root)") as err:
-            persist.check_trusted(cfg, str(tmp_path / "state"))
+            boot_trust.check(cfg, str(tmp_path / "state"))
         assert "fix: " in str(err.value)
     with pytest.raises(ConfigError, match="--state-dir .* letters, digits"):
-        persist.check_trusted(persisted, "/run/tp ctl%i")
-    persist.check_trusted(config(ebpf_enabled=True, ebpf_programs_source_path="/tmp"), "/tmp")  # no --persist
+        boot_trust.check(persisted, "/run/tp ctl%i")
+    boot_trust.check(config(ebpf_enabled=True, ebpf_programs_source_path="/tmp"), "/tmp")  # no --persist
 
 
 def test_untrusted_names_the_first_path_that_is_not_roots_alone(tmp_path):
@@ -144,14 +144,14 @@ def test_untrusted_names_the_first_path_that_is_not_roots_alone(tmp_path):
     (tree / "sub" / "a.h").write_text("")
     os.chmod(tree / "sub" / "a.h", 0o644)
     top = str(tree)
-    assert persist._tree_problem(top) is None or os.geteuid() != 0
+    assert boot_trust._tree_problem(top) is None or os.geteuid() != 0
     os.chmod(tree / "sub" / "a.h", 0o666)
-    assert "a.h is writable" in persist._tree_problem(top) or os.geteuid() != 0
+    assert "a.h is writable" in boot_trust._tree_problem(top) or os.geteuid() != 0
     os.chmod(tree / "sub" / "a.h", 0o644)
     os.symlink("/tmp", tree / "sub" / "link")  # a link in the tree to a directory others may write
-    assert "/tmp is writable" in persist._tree_problem(top) or os.geteuid() != 0
+    assert "/tmp is writable" in boot_trust._tree_problem(top) or os.geteuid() != 0
     os.unlink(tree / "sub" / "link")
     if os.geteuid() == 0:  # a directory in the tree that another user owns (the case)
         os.chown(tree / "sub", 5678, 5678)
-        assert "sub belongs to uid 5678, not root" in persist._tree_problem(top)
-    assert "cannot check it (No such file" in persist.untrusted("/nonexistent-tpctl/src", True)
+        assert "sub belongs to uid 5678, not root" in boot_trust._tree_problem(top)
+    assert "cannot check it (No such file" in boot_trust.untrusted("/nonexistent-tpctl/src", True)
