@@ -106,6 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test-jobs", type=int, default=1,
                         help="userlands in their tests at once (default 1: the tests one at a time)")
     parser.add_argument("--tests", nargs="+", default=[], help="pytest arguments (default: the whole suite)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="make and set up the roots, run no test and write no results: a later run with "
+                             "the same --cache finds them ready (.ci/run prepares them beside the host's suite)")
     parser.add_argument("--timeout-scale", type=float, default=1.0,
                         help="TPCTL_TIMEOUT_SCALE for tpctl's and the sandbox's time limits in the roots")
     return parser.parse_args(argv)
@@ -338,6 +341,21 @@ def run_all(userlands: list[Userland], jobs: int, test_jobs: int = 1) -> None:
             raise
 
 
+def prepare_all(userlands: list[Userland], jobs: int) -> int:
+    """Only debootstrap, extraction and set-up, `jobs` at once; 0 when every set-up passed."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        try:
+            ready = list(pool.map(lambda userland: userland.prepare(), userlands))
+        except BaseException:
+            chroot.stop()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    for userland in ready:
+        print(f"userlands: {userland.spec.suite}: prepared, setup.sh exit {userland.setup['exit']} "
+              f"({userland.setup.get('prepare_seconds', 0):.0f} s)", flush=True)
+    return 0 if all(u.setup["exit"] == 0 for u in ready) else 1
+
+
 def _stop_on_signal(signum, _frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -357,6 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     userlands = [Userland(spec, bootstrap, args, cgroup2) for spec in chosen]
     started = time.monotonic()
+    if args.prepare_only:
+        try:
+            code = prepare_all(userlands, args.jobs)
+        finally:
+            left = leftovers(args.cache, [os.path.join(cgroup2, cgroup_name(args.cache, s.suite)) for s in chosen])
+            held.close()
+        for problem in left:
+            print(f"userlands: LEFT ON THE HOST: {problem}", file=sys.stderr)
+        return 1 if left else code
     try:
         run_all(userlands, args.jobs, args.test_jobs)
     except BaseException:  # Ctrl-C, SIGTERM: every namespace started goes with its first process

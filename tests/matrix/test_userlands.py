@@ -350,3 +350,22 @@ def test_run_gives_the_exit_code_the_time_limit_and_the_cpu_seconds(tmp_path):
     assert chroot.run(["sleep", "30"], log, 0.5) == 124
     text = open(log).read()
     assert text.startswith("hi\n") and "killed after 0 s: setpriv --pdeathsig KILL sleep 30" in text
+
+
+def test_prepare_only_sets_up_every_root_at_once_and_tests_none(capsys):
+    import types
+
+    class Prepared(_Fake):
+        def __init__(self, name, exit_code, log, flight):
+            super().__init__(name, 0.1, log, flight)
+            self.spec, self.setup = types.SimpleNamespace(suite=name), {"exit": exit_code, "prepare_seconds": 0.1}
+
+        def test(self):  # never: the tests are a later run's
+            raise AssertionError("tested")
+
+    log: list = []
+    flight: set = set()
+    assert userlands.prepare_all([Prepared(f"u{i}", 0, log, flight) for i in range(3)], jobs=3) == 0
+    assert max(n for what, n in log if what == "in flight") == 3
+    assert "u2: prepared, setup.sh exit 0" in capsys.readouterr().out
+    assert userlands.prepare_all([Prepared("ok", 0, log, flight), Prepared("bad", 1, log, flight)], jobs=2) == 1
