@@ -360,8 +360,9 @@ def interface_name(text, wildcard: bool = False) -> str:
     (iptables' -i br+, nft's "br*")."""
     name = str(text)
     stem = name[:-1] if wildcard and name.endswith("+") else name
-    if not IFNAME.fullmatch(stem) or stem in (".", ".."):
-        plus = ", optionally ending in + for every name starting so" if wildcard else ""
+    # the kernel's IFNAMSIZ counts the + too (iptables -i, nft's "name*"): 15 characters in all
+    if not IFNAME.fullmatch(stem) or stem in (".", "..") or len(name) > 15:
+        plus = ", optionally ending in + for every name starting so, 15 characters with the +" if wildcard else ""
         raise ValueError(f"{shown(name)} is not an interface name ({IFNAME_HELP}{plus})")
     return name
 

@@ -170,6 +170,7 @@ def test_every_option_refuses_random_text_or_renders_exactly_what_its_type_impli
     ("--vnet", 'd0:fd00::1%";drop#/64', "zone id"),
     ("--vnet", "eth0\n:10.0.0.0/8", "not an interface name"),
     ("--vnet", 'a"b:10.0.0.0/8', "not an interface name"),
+    ("--vnet", "x" * 15 + "+:198.18.0.0/15", "not an interface name"),  # IFNAMSIZ counts the + too
     ("--ebpf-tc-attach-iface", "eth0\n", "not an interface name"),
     ("--ebpf-tc-attach-iface", "..", "not an interface name"),
     ("--ebpf-tc-attach-iface", "a" * 16, "not an interface name"),
