@@ -69,19 +69,7 @@ def test_the_issue_injections_exit_2_and_the_namespace_is_unchanged(sandbox):
 
 def test_odd_but_valid_values_render_plans_the_real_tools_accept(sandbox):
     config = config_module.build({**ODD_BUT_VALID, "nftables_enabled": True})
-    nftables = registry.get("nftables")
-    iptables = registry.get("iptables")
-    assert nftables and iptables
-    script = nftables.plan(config, host(), Choice("nftables", None, (4, 6), ())).render()
-    checked = sandbox.run(sandbox.app, ["nft", "--check", "-f", "-"], input=script, timeout=60)
-    assert checked.returncode == 0, checked.stderr
-    plan = iptables.plan(config, host(), Choice("iptables", "nft", (4, 6), (), (), "restore"))
-    for family in plan.families:
-        text = family.restore_text()
-        for backend in ("nft", "legacy"):
-            tool = f"{'ip6' if family.family == 6 else 'ip'}tables-{backend}-restore"
-            tested = sandbox.run(sandbox.app, [tool, "--test", "--noflush"], input=text, timeout=60)
-            assert tested.returncode == 0, (tool, tested.stderr, text)
+    script, plan = tools_accept(sandbox, config)
     assert 'iifname "a@b.c-_d*"' in script and "-i a@b.c-_d+ " in plan.render()
     assert ruleset(sandbox).count("table") == 0  # --check and --test changed nothing
 
@@ -222,8 +210,9 @@ def accepted_config(drawn):
     raise AssertionError(f"no configuration from {drawn}")
 
 
-def tools_accept(sandbox, config) -> None:
-    """nft --check takes the nftables plan, and ip(6)tables-{nft,legacy}-restore --test the iptables plan."""
+def tools_accept(sandbox, config):
+    """nft --check takes the nftables plan, and ip(6)tables-{nft,legacy}-restore --test the
+    iptables plan; both returned (the nft script and the iptables plan)."""
     nftables, iptables = registry.get("nftables"), registry.get("iptables")
     assert nftables and iptables
     script = nftables.plan(config, host(), Choice("nftables", None, (4, 6), ())).render()
@@ -236,6 +225,7 @@ def tools_accept(sandbox, config) -> None:
             tool = f"{'ip6' if family.family == 6 else 'ip'}tables-{backend}-restore"
             tested = sandbox.run(sandbox.app, [tool, "--test", "--noflush"], input=text, timeout=60)
             assert tested.returncode == 0, (tool, tested.stderr, text)
+    return script, plan
 
 
 def test_random_accepted_values_render_plans_the_real_tools_accept(sandbox):
