@@ -24,7 +24,10 @@ def records_of(record: dict | None, found_journal: dict | None) -> list[dict]:
 
 
 def remove(records: list[dict], options: dict, dry_run: bool, say: Say) -> list[str]:
-    """Remove what these installs made, then whatever else the tags and pins show."""
+    """Remove what these installs made, then whatever else the tags and pins show.
+    options["removal"]: a fresh dict for this removal, which an engine may use to remember what
+    it removed for one record so that another record of the same install does not remove it again."""
+    options = {**options, "removal": {}}
     removed: list[str] = []
     for engine in registry.engines():
         parts: list[dict | None] = [p for p in (state.engine_part(r, engine.name) for r in records) if p is not None]

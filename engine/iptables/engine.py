@@ -219,14 +219,12 @@ def refused_lines(found: dict[int, live.Claim]) -> list[str]:
             for t, c, s in claim.refused]
 
 
-# Copies of untagged rules this process deleted already, per (backend, family, line): lifecycle
-# hands uninstall every record of the same installs (the state file's, the journal's) one by one,
-# and two records of one install must not delete two copies (a twin another tool made).
-_DELETED: Counter = Counter()
-
-
-def _not_deleted_yet(backend: str, family: int, claim: live.Claim) -> live.Claim:
-    copies = {line: n - _DELETED[(backend, family, line)] for line, n in claim.copies.items()}
+def _not_deleted_yet(deleted: Counter, backend: str, family: int, claim: live.Claim) -> live.Claim:
+    """`deleted`: copies of untagged rules this removal deleted already, per (backend, family,
+    line). lifecycle hands uninstall every record of the same installs (the state file's, the
+    journal's) one by one, and two records of one install must not delete two copies (a twin
+    another tool made)."""
+    copies = {line: n - deleted[(backend, family, line)] for line, n in claim.copies.items()}
     return live.Claim({line: n for line, n in copies.items() if n > 0}, claim.inserted, claim.refused)
 
 
@@ -234,15 +232,18 @@ def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def uninstall(record: dict | None, wait: int = 5, dry_run: bool = False, say=None) -> list[str]:
+def uninstall(record: dict | None, wait: int = 5, dry_run: bool = False, say=None,
+              deleted: Counter | None = None) -> list[str]:
     """Remove our rules and chains from every backend and family; return what was removed.
     `record`: the install's iptables record, or None (then tags alone find them); `say`: where
-    the record's refused lines are reported."""
+    the record's refused lines are reported; `deleted`: what this removal deleted already (a
+    fresh Counter when not given)."""
+    deleted = Counter() if deleted is None else deleted
     found = claims(record)
     for warning in refused_lines(found):
         (say or _to_stderr)(warning)
     mine = str((record or {}).get("backend", "nft"))
-    found = {family: _not_deleted_yet(mine, family, claim) for family, claim in found.items()}
+    found = {family: _not_deleted_yet(deleted, mine, family, claim) for family, claim in found.items()}
     report = []
     going: dict[int, live.Owned] = {}  # what a dry run leaves in the scaffold's backend, counted as gone
     scaffold_backend = make_backend("nft", wait)  # the only backend with a scaffold (nft_created)
@@ -251,7 +252,7 @@ def uninstall(record: dict | None, wait: int = 5, dry_run: bool = False, say=Non
         report += [f"{backend.name} IPv{family} {t}: -X {c}" for t, c, _r in owned.chains]
         if not dry_run:
             backend.restore(family, live.removal_script(owned))
-            _DELETED.update((backend.name, family, (t, c, s)) for t, c, _i, s in owned.rules if not live.is_tagged(c, s))
+            deleted.update((backend.name, family, (t, c, s)) for t, c, _i, s in owned.rules if not live.is_tagged(c, s))
         elif backend.name == scaffold_backend.name:
             going[family] = owned
     for family, created in sorted((record or {}).get("nft_created", {}).items()):

@@ -91,7 +91,7 @@ def claim_of(record: dict | None, family: int) -> Claim:
 
 
 def _is_line(item: object) -> bool:
-    return isinstance(item, list | tuple) and len(item) == 3 and all(isinstance(x, str) for x in item)
+    return isinstance(item, (list, tuple)) and len(item) == 3 and all(isinstance(x, str) for x in item)
 
 
 def own(rendered: Iterable[Line], inserted: Iterable[Line] = ()) -> Claim:

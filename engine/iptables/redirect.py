@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections import Counter
 
 from engine import firewalld
 from engine.contract import Check, Choice, Config, EnginePlan, HostFacts, RedirectEngine, Say, Step, Transaction
@@ -83,7 +84,8 @@ class IptablesEngine(RedirectEngine):
                 f"{', '.join(f.label for f in plan.families)})")
 
     def uninstall(self, record: dict | None, options: dict, dry_run: bool, say: Say) -> list[str]:
-        removed = iptables.uninstall(record, dry_run=dry_run, say=say)
+        removed = iptables.uninstall(record, dry_run=dry_run, say=say,
+                                     deleted=options.get("removal", {}).setdefault("iptables_deleted", Counter()))
         if (record or {}).get("firewalld") or record is None:
             path = None if dry_run else firewalld.remove_ours()
             if path:
@@ -142,6 +144,15 @@ def record_problem(part: dict) -> str | None:
     created = part.get("nft_created", {})
     if not isinstance(created, dict) or not all(isinstance(v, dict) for v in created.values()):
         return "nft_created is not a record of records"
+    for family, scaffold in created.items():  # uninstall reads these after our rules are gone
+        if family not in ("4", "6"):
+            return f"nft_created names family {family!r}, not 4 or 6"
+        tables, chains = scaffold.get("tables", []), scaffold.get("chains", [])
+        if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+            return f"nft_created[{family}].tables is not a list of names"
+        if not isinstance(chains, list) or not all(
+                isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c) for c in chains):
+            return f"nft_created[{family}].chains is not a list of [table, chain] pairs"
     return None
 
 
