@@ -10,7 +10,7 @@ import click
 from click.core import ParameterSource
 
 from engine import config as config_module
-from engine import lifecycle, persist, registry, state, values
+from engine import lifecycle, persist, registry, state, timeouts, values
 from engine.errors import ConfigError, DriftFound, HungUp, Interrupted, Terminated, TpctlError
 from engine.options import INSTALL_OPTIONS, OptionSpec
 
@@ -89,6 +89,7 @@ def explicit_values(ctx: click.Context, params: dict) -> dict:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def main():
     """tpctl: make an application's traffic pass through its sidecar proxy, with eBPF or iptables."""
+    timeouts.scale()  # a bad TPCTL_TIMEOUT_SCALE is bad input before any command starts, not mid-step
 
 
 @main.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import sys
 from collections.abc import Iterable
@@ -236,6 +237,13 @@ def _check_shape(text: str, what: str) -> None:
                                   "nests 4 (fix: the keys and lists of kumactl's schema)")
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
+        elif isinstance(event, yaml.ScalarEvent) and event.implicit[0] and _LONG_NUMBER.fullmatch(event.value):
+            # Python before 3.11 converts decimal digits in quadratic time: 4 MiB of them, minutes
+            raise ConfigError(f"{what}: a number of {len(event.value)} characters; no value in kumactl's schema "
+                              "needs more than 20")
+
+
+_LONG_NUMBER = re.compile(r"[-+]?[0-9][0-9_:.]{64,}")  # what YAML's resolver may read as an int or a float
 
 
 def _flatten(document: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:

@@ -11,10 +11,13 @@ from typing import Any, Callable
 
 from engine import values as v
 
-MAX_WAIT_S = 600  # the xtables lock wait; kumactl's default is 5
-MAX_WAIT_INTERVAL_US = 1_000_000  # one attempt per second at the slowest
-MAX_RETRIES = 20
-MAX_SLEEP_S = 60  # so MAX_RETRIES pauses stay within 20 minutes
+# Bounds on kumactl's numeric flags: kumactl takes any number; these are the bounds tpctl had
+# before retries could sleep (a config that worked keeps working), and a sleep between retries
+# now has one too, so that a typo cannot hold the xtables lock's queue for days.
+MAX_WAIT_S = 3600  # the xtables lock wait; kumactl's default is 5
+MAX_WAIT_INTERVAL_US = 10_000_000
+MAX_RETRIES = 100
+MAX_SLEEP_S = 60  # each pause ends at SIGINT, SIGTERM or SIGHUP (engine/transaction.py)
 LISTS = f"comma list, repeatable, at most {v.LIST_CAP:,} entries in all"
 
 

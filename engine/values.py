@@ -9,6 +9,7 @@ user typed. The grammars and caps: docs/hostile-input.md.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import pwd
 import re
@@ -211,8 +212,13 @@ def proxy_user(value) -> ProxyUser:
             return ProxyUser(uid, None)
         return ProxyUser(uid, name if USER_NAME.fullmatch(name) else None)
     if not USER_NAME.fullmatch(text):
-        raise ValueError(f"{shown(text)} is not a uid or a user name (1-32 of A-Z a-z 0-9 _ . -, "
-                         "not starting with - or .)")
+        # a directory's name (SSSD, LDAP: kuma-dp@corp.example) is the host's to resolve; only its
+        # uid is used then, never the text
+        if len(text) <= 256 and text.isprintable() and not any(c.isspace() for c in text):
+            with contextlib.suppress(KeyError):
+                return ProxyUser(pwd.getpwnam(text).pw_uid, None)
+        raise ValueError(f"{shown(text)} is not a uid or a user name on this host (a portable name is 1-32 of "
+                         "A-Z a-z 0-9 _ . -, not starting with - or .)")
     try:
         return ProxyUser(pwd.getpwnam(text).pw_uid, text)
     except KeyError:

@@ -183,8 +183,8 @@ def test_every_option_refuses_random_text_or_renders_exactly_what_its_type_impli
     ("--iptables-executables", "iptables:/usr/sbin/iptables\n-save", "not a usable path"),
     ("--iptables-executables", "sh:/bin/sh", "is not one of"),
     ("--sleep-between-retries", "2h", "upper bound"),
-    ("--max-retries", "100", "out of range"),
-    ("--wait", "3600", "out of range"),
+    ("--max-retries", "101", "out of range"),
+    ("--wait", "3601", "out of range"),
 ])
 def test_the_issue_cases_exit_2_naming_the_flag_and_nothing_is_made(tmp_path, flag, value, message):
     state_dir = tmp_path / "state"

@@ -155,7 +155,7 @@ def test_typed_values_render_canonically_and_keep_what_comments_show():
 def test_bounds_of_the_retry_and_lock_flags_are_in_their_help():
     from engine.options import BY_FIELD
 
-    for field, too_big in (("wait", "601"), ("wait_interval", "1000001"), ("max_retries", "21"),
+    for field, too_big in (("wait", "3601"), ("wait_interval", "10000001"), ("max_retries", "101"),
                            ("sleep_between_retries", "61s")):
         with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')}"):
             config_module.parse_value(field, too_big, f"--{field.replace('_', '-')}")
@@ -168,3 +168,24 @@ def test_a_host_user_name_outside_the_grammar_is_not_carried_into_comments(monke
     odd = pwd.struct_passwd(("evil\"name", "x", 4242, 4242, "", "/", "/bin/false"))
     monkeypatch.setattr(v.pwd, "getpwuid", lambda uid: odd)
     assert v.proxy_user("4242") == v.ProxyUser(4242, None)
+
+
+def test_a_directory_user_name_resolves_to_its_uid_and_is_never_rendered(monkeypatch):
+    import pwd
+
+    entry = pwd.struct_passwd(("kuma-dp@corp.example", "x", 4242, 4242, "", "/", "/bin/false"))
+    real = pwd.getpwnam
+    monkeypatch.setattr(v.pwd, "getpwnam", lambda name: entry if name == entry.pw_name else real(name))
+    assert v.proxy_user("kuma-dp@corp.example") == v.ProxyUser(4242, None)
+    for hostile in ('kuma"dp', "kuma dp", "kuma\ndp", "x" * 257):
+        with pytest.raises(ValueError, match="not a uid or a user name"):
+            v.proxy_user(hostile)
+
+
+def test_a_yaml_number_too_long_to_convert_quickly_is_bad_input():
+    """Python before 3.11 converts decimal digits in quadratic time (4 MiB of them: minutes)."""
+    with pytest.raises(ConfigError, match="a number of 100 characters"):
+        config_module.load_yaml("redirect:\n  inbound:\n    port: " + "1" * 100 + "\n", "file.yaml")
+    assert config_module.load_yaml('a: "' + "1" * 100 + '"\n', "file.yaml") == {"a": "1" * 100}
+    ports = ",".join(str(p) for p in range(1000, 1200))  # a long plain scalar that is a list, not a number
+    assert config_module.load_yaml(f"a: {ports}\n", "file.yaml") == {"a": ports}
