@@ -38,22 +38,41 @@ class BpffsPathError(OSError):
 def mount_point_problem(path: str) -> str | None:
     """Why a bpffs must not be mounted at path (None: it is a bpffs already, or an empty
     directory, or absent, each reached through no symlink)."""
-    if is_bpffs(path):
-        return None
     absolute = os.path.abspath(path)
+    if os.path.realpath(absolute) == absolute and is_bpffs(path):
+        return None
     if os.path.realpath(absolute) != absolute:
         return (f"--ebpf-bpffs-path {path} goes through a symlink (it resolves to {os.path.realpath(absolute)}); "
                 "fix: give the real path, or mount bpffs there yourself")
     try:
         info = os.lstat(absolute)
     except FileNotFoundError:
-        return None
+        return _writable_parent(absolute)
     if not stat.S_ISDIR(info.st_mode):
         return f"--ebpf-bpffs-path {path} is not a directory; fix: give an empty directory or a mounted bpffs"
     if os.listdir(absolute):
         return (f"--ebpf-bpffs-path {path} is a non-empty directory that is not a bpffs: a bpffs mounted there "
                 "would hide its files; fix: give an empty directory or a mounted bpffs (mount -t bpf bpf DIR)")
-    return None
+    return _writable_parent(absolute)
+
+
+def _writable_parent(absolute: str) -> str | None:
+    """Someone else who can write a parent could swap the path for a symlink between the check
+    and the mount: a parent must be root's (or this user's), and not group- or world-writable
+    unless sticky."""
+    parent = os.path.dirname(absolute)
+    while not os.path.lexists(parent):  # made by install, root's
+        parent = os.path.dirname(parent)
+    while True:
+        info = os.lstat(parent)
+        writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX
+        if info.st_uid not in (0, os.geteuid()) or writable:
+            return (f"--ebpf-bpffs-path {absolute}: its parent {parent} is writable by others than root "
+                    f"(owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}); fix: a path under "
+                    "root's own directories, or mount bpffs there yourself")
+        if parent == "/":
+            return None
+        parent = os.path.dirname(parent)
 
 
 def mount_bpffs(path: str) -> bool:
@@ -64,16 +83,24 @@ def mount_bpffs(path: str) -> bool:
     if problem:
         raise BpffsPathError(problem)
     os.makedirs(path, exist_ok=True)
-    libc = ct.CDLL(None, use_errno=True)
-    if libc.mount(b"bpf", path.encode(), b"bpf", 0, b"mode=0700") != 0:
-        err = ct.get_errno()
-        raise OSError(err, f"mount -t bpf bpf {path}: {os.strerror(err)}")
+    # mount on the directory just checked, held open, never on whatever the name points at now
+    fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        libc = ct.CDLL(None, use_errno=True)
+        if libc.mount(b"bpf", f"/proc/self/fd/{fd}".encode(), b"bpf", 0, b"mode=0700") != 0:
+            err = ct.get_errno()
+            raise OSError(err, f"mount -t bpf bpf {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
     return True
+
+
+UMOUNT_NOFOLLOW = 8  # <sys/mount.h>: a symlink at path is not followed
 
 
 def umount(path: str) -> None:
     libc = ct.CDLL(None, use_errno=True)
-    if libc.umount2(path.encode(), 0) != 0:
+    if libc.umount2(path.encode(), UMOUNT_NOFOLLOW) != 0:
         err = ct.get_errno()
         raise OSError(err, f"umount {path}: {os.strerror(err)}")
 
@@ -203,16 +230,29 @@ def remove_pin_dir(bpffs_path: str, warn=lambda line: None) -> list[str]:
     removed, kept = [], []
     try:
         for name in sorted(os.listdir(fd)):
-            if _is_pinned_object(fd, name):
-                os.unlink(name, dir_fd=fd)
-                removed.append(f"unpinned {os.path.join(d, name)}")
-            else:
-                kept.append(name)
+            try:
+                if _is_pinned_object(fd, name):
+                    os.unlink(name, dir_fd=fd)
+                    removed.append(f"unpinned {os.path.join(d, name)}")
+                else:
+                    kept.append(name)
+            except FileNotFoundError:  # gone meanwhile: nothing left to unpin
+                continue
     finally:
         os.close(fd)
     if kept:
         warn(f"tpctl: warning: left {d} in place: it holds what is not a BPF object ({', '.join(kept)})")
         return removed
-    os.rmdir(d)
-    removed.append(f"removed {d}")
+    # the directory goes from the bpffs it was proven on, never through a path swapped since
+    try:
+        parent = os.open(bpffs_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as err:
+        warn(f"tpctl: warning: left the empty {d} in place: {bpffs_path}: {err.strerror}")
+        return removed
+    try:
+        if _fs_magic(parent) == BPF_FS_MAGIC:
+            os.rmdir(PIN_DIR_NAME, dir_fd=parent)
+            removed.append(f"removed {d}")
+    finally:
+        os.close(parent)
     return removed

@@ -200,8 +200,10 @@ class EbpfEngine(RedirectEngine):
 
     def _previous_at(self, config: Config, record: dict | None) -> str | None:
         """The bpffs of an earlier eBPF install (recorded, or pinned under this bpffs), or None."""
+        from . import pins
+
         path = (record or {}).get("bpffs_path") or config.ebpf_bpffs_path
-        return path if record or os.path.isdir(os.path.join(path, "tpctl")) else None
+        return path if record or pins.list_pins(path) else None  # a pin dir that passes the proof
 
     def _remove_now(self, tx: Transaction, config: Config, record: dict | None) -> None:
         """The earlier eBPF install goes before a new one is made in its place (no undo: its

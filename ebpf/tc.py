@@ -17,7 +17,7 @@ from .catalogue import HOOK_TC_EGRESS, HOOK_TC_INGRESS
 TC_PRIO = 49152          # a fixed, high pref number: after filters others add with defaults
 TC_HANDLE = 1
 PARENTS = {HOOK_TC_INGRESS: 0xFFFFFFF2, HOOK_TC_EGRESS: 0xFFFFFFF3}  # clsact ingress/egress
-_NAME_RE = re.compile(r"^(tp_[a-z0-9_]+)#(\d+)$")
+_NAME_RE = re.compile(r"(tp_[a-z0-9_]+)#(\d+)")  # fullmatch: `$` would take a trailing newline
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def our_filters(index: int, pinned: dict[str, set[int]] | None = None) -> list[T
     found = []
     for direction, parent in PARENTS.items():
         for flt in netlink.bpf_filters(index, parent):
-            match = _NAME_RE.match(flt["name"])
+            match = _NAME_RE.fullmatch(flt["name"])
             if not match:
                 continue
             program, named_id = match.group(1), int(match.group(2))

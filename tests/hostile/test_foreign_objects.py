@@ -51,6 +51,11 @@ def test_a_bpffs_is_never_mounted_over_files_through_a_symlink_or_on_a_file(tmp_
     assert "not a directory" in (pins.mount_point_problem(str(tmp_path / "file")) or "")
     assert pins.mount_point_problem(str(tmp_path / "empty")) is None
     assert pins.mount_point_problem(str(tmp_path / "absent" / "bpffs")) is None
+    shared = tmp_path / "shared"  # anyone may swap a name in it for a symlink before the mount
+    shared.mkdir()
+    shared.chmod(0o777)
+    for path in (shared / "bpffs", shared / "absent" / "bpffs"):
+        assert "writable by others" in (pins.mount_point_problem(str(path)) or "")
     with pytest.raises(pins.BpffsPathError, match="--ebpf-bpffs-path"):
         pins.mount_bpffs(str(full))
     assert os.listdir(full) == ["keep"]
