@@ -54,8 +54,12 @@ def boot_code(config: Config) -> list[tuple[str, str, bool]]:
              if os.path.isdir(os.path.join(checkout, name))]
     # the import path at boot: a virtualenv's site-packages whole (pip writes it), the rest by directory;
     # not the directory tpctl was started from (the boot starts in /)
-    code += [("a directory on Python's import path", entry, entry.startswith(sys.prefix) and sys.prefix != sys.base_prefix)
+    in_venv = sys.prefix != sys.base_prefix
+    code += [("a directory on Python's import path", entry, in_venv and _under(entry, sys.prefix))
              for entry in sys.path if os.path.isabs(entry) and os.path.isdir(entry) and entry != os.getcwd()]
+    # every module this process imported, a distribution's files included (a directory may be
+    # root's while a file in it is not)
+    code += [(f"the module {name}", module_file, False) for name, module_file in sorted(_module_files().items())]
     if config.ebpf_enabled and config.ebpf_programs_source_path:
         code.append(("--ebpf-programs-source-path", config.ebpf_programs_source_path, True))
     for item in config.iptables_executables.split(","):
@@ -111,3 +115,16 @@ def _tree_problem(top: str) -> str | None:
 
 def _raise(err: OSError) -> None:
     raise err
+
+
+def _under(path: str, directory: str) -> bool:
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(directory)]) == os.path.abspath(directory)
+
+
+def _module_files() -> dict[str, str]:
+    files = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and os.path.isabs(path) and os.path.isfile(path):
+            files[name] = path
+    return files

@@ -3,6 +3,7 @@ configuration, tpctl-only options go on the unit's command line, the unit is wha
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import yaml
@@ -136,6 +137,19 @@ def test_persist_refuses_boot_code_others_can_change(tmp_path):
     with pytest.raises(ConfigError, match="--state-dir .* letters, digits"):
         boot_trust.check(persisted, "/run/tp ctl%i")
     boot_trust.check(config(ebpf_enabled=True, ebpf_programs_source_path="/tmp"), "/tmp")  # no --persist
+
+
+def test_persist_refuses_a_loaded_module_file_others_can_change(tmp_path, monkeypatch):
+    import types
+
+    planted = tmp_path / "planted.py"  # in a root-owned directory, itself writable by anyone
+    planted.write_text("")
+    os.chmod(planted, 0o666)
+    module = types.ModuleType("planted")
+    module.__file__ = str(planted)
+    monkeypatch.setitem(sys.modules, "planted", module)
+    with pytest.raises(ConfigError, match="the module planted "):
+        boot_trust.check(config(persist=True), str(tmp_path / "state"))
 
 
 def test_untrusted_names_the_first_path_that_is_not_roots_alone(tmp_path):
