@@ -254,6 +254,8 @@ class EbpfEngine(RedirectEngine):
             problem = pins.pin_dir_problem(bpffs_path)
             if problem:
                 say(f"# {problem}")
+            if problem:  # nothing there is provably ours: nothing would go
+                return []
             return [f"{pin_dir}/{name} (and its attachments)" for name in found] if found \
                 else [f"eBPF objects recorded in state under {pin_dir}"]
         from . import remove

@@ -40,6 +40,7 @@ class EbpfSettings:
     kernel_release: str | None = None
     cgroup2_mount: str | None = None
 
+
 SIOCGIFHWADDR = 0x8927
 
 
@@ -54,4 +55,3 @@ def interface_link_type(name: str) -> int | None:
     except OSError:
         return None
     return int(struct.unpack_from("H", answer, 16)[0])
-

@@ -386,7 +386,6 @@ def choice(options: tuple[str, ...]):
         text = str(value).strip().lower()
         if text not in options:
             raise ValueError(f"{shown(value)} is not one of: {', '.join(options)}")
-
         return text
 
     return parse
