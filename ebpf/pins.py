@@ -12,7 +12,7 @@ import os
 import re
 import stat
 
-from engine.contract import mounts
+from engine.contract import foreign_writable_parent, mounts
 
 from . import libbpf
 from .catalogue import PIN_DIR_NAME
@@ -58,21 +58,14 @@ def mount_point_problem(path: str) -> str | None:
 
 def _writable_parent(absolute: str) -> str | None:
     """Someone else who can write a parent could swap the path for a symlink between the check
-    and the mount: a parent must be root's (or this user's), and not group- or world-writable
-    unless sticky."""
-    parent = os.path.dirname(absolute)
-    while not os.path.lexists(parent):  # made by install, root's
-        parent = os.path.dirname(parent)
-    while True:
-        info = os.lstat(parent)
-        writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX
-        if info.st_uid not in (0, os.geteuid()) or writable:
-            return (f"--ebpf-bpffs-path {absolute}: its parent {parent} is writable by others than root "
-                    f"(owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}); fix: a path under "
-                    "root's own directories, or mount bpffs there yourself")
-        if parent == "/":
-            return None
-        parent = os.path.dirname(parent)
+    and the mount (the path has no symlink by then: mount_point_problem checked)."""
+    found = foreign_writable_parent(absolute)
+    if found is None:
+        return None
+    parent, info = found
+    return (f"--ebpf-bpffs-path {absolute}: its parent {parent} is writable by others than root "
+            f"(owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}); fix: a path under "
+            "root's own directories, or mount bpffs there yourself")
 
 
 def mount_bpffs(path: str) -> bool:

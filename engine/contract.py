@@ -24,7 +24,7 @@ from engine import netlink
 from engine.config import Config, defaults
 from engine.memo import NONE, Memo
 from engine.probe import HostFacts, kernel_version, mounts, mounts_of_type
-from engine.state import shape_problem
+from engine.state import foreign_writable_parent, shape_problem
 from engine.timeouts import bound
 from engine.transaction import InjectedFault, Step, Transaction, transaction
 from engine.transaction import pause as transaction_pause
@@ -33,8 +33,8 @@ Say = Callable[[str], None]
 T = TypeVar("T")
 
 __all__ = ["Check", "Choice", "Config", "EnginePlan", "HostFacts", "InjectedFault", "Memo", "NONE", "RedirectEngine",
-           "Say", "Step", "Transaction", "bound", "default_of", "dns_servers", "families", "kernel_version", "mounts",
-           "mounts_of_type", "netlink", "retrying", "shape_problem", "transaction"]
+           "Say", "Step", "Transaction", "bound", "default_of", "dns_servers", "families", "foreign_writable_parent",
+           "kernel_version", "mounts", "mounts_of_type", "netlink", "retrying", "shape_problem", "transaction"]
 
 
 def default_of(field_name: str):

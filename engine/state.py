@@ -62,19 +62,29 @@ def _unsafe(path: str, st: os.stat_result) -> str | None:
     return None
 
 
-def _unsafe_parent(path: str) -> str | None:
-    """A parent another user could write without the sticky bit could swap the directory."""
+def foreign_writable_parent(path: str) -> tuple[str, os.stat_result] | None:
+    """The first existing directory above `path` that another user could change (not root's or
+    this user's, or group/world-writable without the sticky bit), with its stat: whoever can
+    write a parent can swap what `path` names between a check and its use. None when there is none."""
     parent = os.path.dirname(os.path.abspath(path))
     while True:
         with contextlib.suppress(FileNotFoundError):
             st = os.stat(parent)
             writable_by_others = st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX
             if st.st_uid not in _trusted_owners() or writable_by_others:
-                return (f"the state directory {path} is inside {parent}, which another user can change "
-                        f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}) (fix: {_FIX.removeprefix('or ')})")
+                return parent, st
         if parent == os.path.dirname(parent):
             return None
         parent = os.path.dirname(parent)
+
+
+def _unsafe_parent(path: str) -> str | None:
+    found = foreign_writable_parent(path)
+    if found is None:
+        return None
+    parent, st = found
+    return (f"the state directory {path} is inside {parent}, which another user can change "
+            f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}) (fix: {_FIX.removeprefix('or ')})")
 
 
 def check_dir(directory: str) -> bool:
