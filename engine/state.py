@@ -245,10 +245,6 @@ def record_problem(record: object) -> str | None:
     return f"holds a {name} record this tpctl cannot use: {why}" if why else None
 
 
-def is_install_record(record: object) -> bool:
-    return record_problem(record) is None
-
-
 def engine_part(record: dict | None, name: str) -> dict | None:
     """An engine's part of a state record, when that record is that engine's install."""
     if not record or record.get("engine") != name or not isinstance(record.get(name), dict):
