@@ -261,7 +261,8 @@ class EbpfEngine(RedirectEngine):
         from . import remove
 
         cgroup_path = ((record or {}).get("attachments") or [{}])[0].get("cgroup_path")
-        return remove.uninstall(bpffs_path, record, cgroup_path, warn=say)
+        return remove.uninstall(bpffs_path, record, cgroup_path, warn=say,
+                                proven=options.get("removal", {}).setdefault("ebpf_proven", set()))
 
     def status(self, record: dict) -> tuple[dict, list[str], list[str]]:
         """The kernel's view of what is installed, and how it differs from the record."""

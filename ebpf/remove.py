@@ -62,16 +62,20 @@ def _read_meta(maps: dict) -> dict | None:
 
 
 def uninstall(bpffs_path: str, record: dict | None, cgroup_path: str | None,
-              warn=lambda line: None) -> list[str]:
+              warn=lambda line: None, proven: set | None = None) -> list[str]:
     """Remove what the pins under <bpffs>/tpctl prove is ours: the record only says where to
-    look; a program, filter or mount it names that no pin proves is said and left alone."""
+    look; a program, filter or mount it names that no pin proves is said and left alone.
+    `proven`: (program, id) pairs this removal already proved ours and removed (the state file's
+    and the journal's records of one install name the same ones); it grows with this call's."""
+    proven = set() if proven is None else proven
     removed: list[str] = []
     problem = pins.pin_dir_problem(bpffs_path)
     if problem:
         warn(f"tpctl: warning: {problem}")
     progs, maps = _open_pinned(bpffs_path)
     try:
-        _say_unproven_programs(record, progs, bpffs_path, warn)
+        proven |= {(name, prog_id) for name, ids in pinned_ids(progs).items() for prog_id in ids}
+        _say_unproven_programs(record, proven, bpffs_path, warn)
         meta = _read_meta(maps) or {}
         cgroups = {cgroup_path, meta.get("cgroup_path")}
         cgroups |= {a.get("cgroup_path") for a in (record or {}).get("attachments", [])}
@@ -175,13 +179,22 @@ def pinned_ids(progs: dict) -> dict[str, set[int]]:
     return ids
 
 
-def _say_unproven_programs(record: dict | None, progs: dict, bpffs_path: str, warn) -> None:
-    """Record ids that no pin holds: another install's programs, or ids reused since; never detached."""
-    proven = pinned_ids(progs)
+def _say_unproven_programs(record: dict | None, proven: set, bpffs_path: str, warn) -> None:
+    """Record ids that no pin proves (now, or earlier in this removal) and the kernel still has:
+    another install's programs, or ids reused since; never detached."""
     for name, prog_id in sorted(((record or {}).get("prog_ids") or {}).items()):
-        if prog_id not in proven.get(name, ()):
+        if (name, prog_id) not in proven and _loaded(prog_id):
             warn(f"tpctl: warning: the record names program {name} id {prog_id}, which is not pinned under "
                  f"{pins.pin_dir(bpffs_path)}: not tpctl's to detach, left alone")
+
+
+def _loaded(prog_id: int) -> bool:
+    """Whether the kernel has a program by this id (validate_record made it an int)."""
+    try:
+        os.close(libbpf.prog_fd_by_id(prog_id))
+    except OSError:
+        return False
+    return True
 
 
 def _ours_to_unmount(record: dict | None, bpffs_path: str, warn) -> bool:
